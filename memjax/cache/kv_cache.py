@@ -1,0 +1,107 @@
+"""The budgeted KV cache: fixed-capacity per-layer buffers and policy-driven eviction.
+
+A layer with budget S owns real arrays of S slots per (batch row, KV head). Inserting a
+chunk of C tokens forms S + C candidates (the cached slots plus the chunk), and after the
+chunk has attended over them the layer keeps the S best by policy score. Peak memory per
+layer is therefore S + C slots, whatever the context length. Kept slots are stored in
+position order with empty slots (pos = -1) last.
+
+Consecutive layers with the same budget are stacked into one `LayerCache` with a leading
+layer axis, so the model scans over them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from memjax.cache.policies.base import Candidates, Policy
+
+EMPTY = -1
+
+
+class LayerCache(NamedTuple):
+  """Slots of one layer (or a stack of layers with a leading axis L).
+
+  k, v: [(L,) B, Hkv, S, Dh] rotated keys and values.
+  pos: int32 [(L,) B, Hkv, S] original token position of each slot, -1 when empty.
+  stats: float32 [(L,) B, Hkv, S] what the policy accumulates (attention mass, ...).
+  """
+  k: jax.Array
+  v: jax.Array
+  pos: jax.Array
+  stats: jax.Array
+
+  @property
+  def capacity(self) -> int:
+    return self.pos.shape[-1]
+
+
+class ModelCache(NamedTuple):
+  """All layers' caches and the clock.
+
+  groups: one stacked `LayerCache` per run of consecutive layers that share a budget.
+  t: int32 [B] tokens seen so far by each batch row (the next token's position).
+  """
+  groups: tuple[LayerCache, ...]
+  t: jax.Array
+
+  @property
+  def budgets(self) -> list[int]:
+    """Per-layer budget S, layer by layer."""
+    return [g.capacity for g in self.groups for _ in range(g.pos.shape[0])]
+
+  def valid_counts(self) -> jax.Array:
+    """int32 [L, B, Hkv]: occupied slots of every layer, batch row and KV head."""
+    return jnp.concatenate([jnp.sum(g.pos >= 0, axis=-1) for g in self.groups])
+
+
+def init_cache(budgets: Sequence[int], batch: int, n_kv_heads: int, head_dim: int,
+               dtype=jnp.float32) -> ModelCache:
+  """An empty cache with `budgets[l]` slots in layer l (a smaller budget allocates less)."""
+  groups = []
+  for budget, run in itertools.groupby(budgets):
+    n = len(list(run))
+    shape = (n, batch, n_kv_heads, budget)
+    groups.append(LayerCache(
+        k=jnp.zeros(shape + (head_dim,), dtype), v=jnp.zeros(shape + (head_dim,), dtype),
+        pos=jnp.full(shape, EMPTY, jnp.int32), stats=jnp.zeros(shape, jnp.float32)))
+  return ModelCache(tuple(groups), jnp.zeros((batch,), jnp.int32))
+
+
+def candidates_of(cache: LayerCache, k_BxHkvxCxDh: jax.Array, v_BxHkvxCxDh: jax.Array,
+                  pos_BxHkvxC: jax.Array) -> LayerCache:
+  """The S + C candidates: cached slots followed by the chunk (fresh stats are zero)."""
+  return LayerCache(
+      k=jnp.concatenate([cache.k, k_BxHkvxCxDh.astype(cache.k.dtype)], axis=2),
+      v=jnp.concatenate([cache.v, v_BxHkvxCxDh.astype(cache.v.dtype)], axis=2),
+      pos=jnp.concatenate([cache.pos, pos_BxHkvxC], axis=2),
+      stats=jnp.concatenate([cache.stats, jnp.zeros(pos_BxHkvxC.shape, jnp.float32)], axis=2))
+
+
+def keep_best(cands: LayerCache, scores_BxHkvxN: jax.Array, capacity: int) -> LayerCache:
+  """Keep the `capacity` highest-scoring valid candidates per (batch row, KV head).
+
+  Empty candidates (pos = -1) never win over valid ones. The kept slots are re-ordered by
+  position, empty ones last.
+  """
+  scores = jnp.where(cands.pos >= 0, scores_BxHkvxN.astype(jnp.float32), -jnp.inf)
+  _, idx_BxHkvxS = jax.lax.top_k(scores, capacity)
+  pos_kept = jnp.take_along_axis(cands.pos, idx_BxHkvxS, axis=-1)
+  order = jnp.argsort(jnp.where(pos_kept >= 0, pos_kept, jnp.iinfo(jnp.int32).max), axis=-1)
+  idx_BxHkvxS = jnp.take_along_axis(idx_BxHkvxS, order, axis=-1)
+  take = lambda a: jnp.take_along_axis(a, idx_BxHkvxS, axis=-1)
+  take_rows = lambda a: jnp.take_along_axis(a, idx_BxHkvxS[..., None], axis=-2)
+  return LayerCache(k=take_rows(cands.k), v=take_rows(cands.v), pos=take(cands.pos),
+                    stats=take(cands.stats))
+
+
+def evict(cands: LayerCache, policy: Policy, t_end_B: jax.Array, layer: jax.Array,
+          capacity: int) -> LayerCache:
+  """Score the candidates with `policy` and keep the best `capacity` of them."""
+  view = Candidates(k=cands.k, pos=cands.pos, stats=cands.stats, t=t_end_B, layer=layer,
+                    capacity=capacity)
+  return keep_best(cands, policy.score(view), capacity)

@@ -1,0 +1,43 @@
+"""Eviction policies: one file each, registered by name."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from memjax.cache.policies.base import Candidates, Policy
+from memjax.cache.policies.full import Full
+from memjax.cache.policies.h2o import H2O
+from memjax.cache.policies.keydiff import KeyDiff
+from memjax.cache.policies.knorm import KNorm
+from memjax.cache.policies.random import Random
+from memjax.cache.policies.snapkv import SnapKV
+from memjax.cache.policies.streaming import Streaming
+from memjax.cache.policies.tova import TOVA
+from memjax.cache.policies.window import Window
+
+REGISTRY: dict[str, type[Policy]] = {
+    cls.name: cls for cls in (Full, Window, Streaming, H2O, TOVA, SnapKV, KeyDiff, KNorm, Random)
+}
+
+
+def policy_names() -> list[str]:
+  """Names of the registered policies."""
+  return list(REGISTRY)
+
+
+def get_policy(name: str | Policy, **hyper) -> Policy:
+  """A policy instance by name, with hyper-parameters overriding its defaults."""
+  if isinstance(name, Policy):
+    return dataclasses.replace(name, **hyper) if hyper else name
+  if name not in REGISTRY:
+    raise ValueError(f"unknown policy {name!r}; registered policies: {', '.join(REGISTRY)}")
+  cls = REGISTRY[name]
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = set(hyper) - fields
+  if unknown:
+    raise ValueError(f"policy {name!r} has no hyper-parameter {sorted(unknown)}; "
+                     f"it takes {sorted(fields) or 'none'}")
+  return cls(**hyper)
+
+
+__all__ = ["Candidates", "Policy", "REGISTRY", "get_policy", "policy_names"]

@@ -1,0 +1,101 @@
+"""One chunk through the model with a budgeted cache: the jitted unit of prefill and decode.
+
+A chunk of C tokens (C = 1 at decode) attends over each layer's S cached slots plus
+itself; then every layer keeps its best S candidates by policy score. Rows of a batch
+may hold different numbers of real tokens: padding sits at the end of a chunk
+(`valid` False) and is never inserted.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import einops
+import jax
+import jax.numpy as jnp
+
+from memjax.attention import reference
+from memjax.cache import kv_cache
+from memjax.cache.kv_cache import LayerCache, ModelCache
+from memjax.cache.policies import Policy
+from memjax.models import llama
+from memjax.models.config import ModelConfig
+
+Output = Literal["last_logits", "target_logprobs"]
+
+
+def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array):
+  """A `llama.Mixer` that attends over cache ∪ chunk and then evicts down to the budget."""
+
+  def mix(p, q, k, v, positions_BxC, state):
+    cache, layer = state
+    n_kv = k.shape[2]
+    pos_BxHkvxC = jnp.broadcast_to(
+        jnp.where(valid_BxC, positions_BxC, kv_cache.EMPTY)[:, None, :],
+        (k.shape[0], n_kv, k.shape[1]))
+    cands = kv_cache.candidates_of(cache, einops.rearrange(k, "b c h d -> b h c d"),
+                                   einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC)
+    key_pos = cands.pos[:, :, None, :]
+    mask_BxHkvxCxN = (key_pos >= 0) & (key_pos <= positions_BxC[:, None, :, None])
+    out, probs = reference.attend(q, cands.k, cands.v, mask_BxHkvxCxN)
+    cands = cands._replace(stats=policy.observe(cands.stats, probs, valid_BxC))
+    return out, (kv_cache.evict(cands, policy, t_end_B, layer, cache.capacity), layer)
+
+  return mix
+
+
+def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array,
+                  valid_BxC: jax.Array, cfg: ModelConfig,
+                  policy: Policy) -> tuple[jax.Array, ModelCache]:
+  """Run a chunk through every layer, updating the cache.
+
+  Args:
+    tokens_BxC: int32 token ids; padded entries may hold any id.
+    valid_BxC: bool, True for real tokens; each row's real tokens come first.
+
+  Returns:
+    hidden_BxCxD: final residual stream (before the final norm).
+    the updated cache (clock advanced by each row's number of real tokens).
+  """
+  c = tokens_BxC.shape[1]
+  positions_BxC = cache.t[:, None] + jnp.arange(c, dtype=jnp.int32)
+  t_end_B = cache.t + jnp.sum(valid_BxC, axis=1, dtype=jnp.int32)
+  mix = _cache_mixer(policy, valid_BxC, t_end_B)
+  x = llama.embed(params, tokens_BxC, cfg)
+  groups, start = [], 0
+  for group in cache.groups:
+    n = group.pos.shape[0]
+    layers = jax.tree.map(lambda a: a[start:start + n], params["layers"])
+    layer_ids = jnp.arange(start, start + n, dtype=jnp.int32)
+    x, (group, _) = llama.run_layers(layers, x, positions_BxC, (group, layer_ids), mix, cfg)
+    groups.append(group)
+    start += n
+  return x, ModelCache(tuple(groups), t_end_B)
+
+
+def chunk_step(params, cache, tokens_BxC, valid_BxC, targets_BxC=None, *, cfg: ModelConfig,
+               policy: Policy, output: Output):
+  """`forward_chunk` plus an output head.
+
+  output="last_logits": float32 logits [B, V] at each row's last real token.
+  output="target_logprobs": float32 log p(targets) [B, C] at every position.
+  """
+  hidden_BxCxD, cache = forward_chunk(params, cache, tokens_BxC, valid_BxC, cfg, policy)
+  if output == "last_logits":
+    last_B = jnp.maximum(jnp.sum(valid_BxC, axis=1) - 1, 0)
+    hidden_Bx1xD = jnp.take_along_axis(hidden_BxCxD, last_B[:, None, None], axis=1)
+    return llama.unembed(params, hidden_Bx1xD, cfg)[:, 0], cache
+  logprobs_BxCxV = jax.nn.log_softmax(llama.unembed(params, hidden_BxCxD, cfg), axis=-1)
+  return jnp.take_along_axis(logprobs_BxCxV, targets_BxC[..., None], axis=-1)[..., 0], cache
+
+
+@functools.lru_cache(maxsize=64)
+def jitted_chunk_step(cfg: ModelConfig, policy: Policy, output: Output):
+  """`chunk_step` compiled for one (model, policy, output); the cache buffers are donated.
+
+  jax.jit compiles once per distinct chunk length and cache shape, so a prefill with a fixed
+  chunk size and a decode loop each compile once, whatever the context length.
+  """
+  return jax.jit(functools.partial(chunk_step, cfg=cfg, policy=policy, output=output),
+                 donate_argnums=(1,))

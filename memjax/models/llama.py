@@ -1,0 +1,135 @@
+"""Pure-functional Llama-family decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+Parameters are a plain dict of arrays with the per-layer weights stacked on a leading
+layer axis L (see `init_params`); matrices are applied as `x @ w`. The layer loop is a
+`jax.lax.scan`, so compile time does not grow with depth.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import einops
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from memjax.attention import reference
+from memjax.models.config import ModelConfig
+
+Params = dict[str, Any]
+# mix(layer_params, q, k, v, positions, layer_state) -> (attention output, new layer_state)
+Mixer = Callable[..., tuple[jax.Array, Any]]
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, scale: float = 0.02) -> Params:
+  """Random parameters N(0, scale) with unit norm weights; layout as documented above."""
+  d, f, L = cfg.d_model, cfg.d_ff, cfg.n_layers
+  shapes = {
+      "wq": (L, d, cfg.n_heads * cfg.head_dim),
+      "wk": (L, d, cfg.n_kv_heads * cfg.head_dim),
+      "wv": (L, d, cfg.n_kv_heads * cfg.head_dim),
+      "wo": (L, cfg.n_heads * cfg.head_dim, d),
+      "w_gate": (L, d, f), "w_up": (L, d, f), "w_down": (L, f, d),
+  }
+  keys = jax.random.split(key, len(shapes) + 2)
+  dtype = cfg.jnp_dtype
+  layers = {name: (scale * jax.random.normal(k, shape)).astype(dtype)
+            for k, (name, shape) in zip(keys, shapes.items())}
+  layers["attn_norm"] = jnp.ones((L, d), dtype)
+  layers["mlp_norm"] = jnp.ones((L, d), dtype)
+  params = {"embed": (scale * jax.random.normal(keys[-1], (cfg.vocab_size, d))).astype(dtype),
+            "layers": layers, "final_norm": jnp.ones((d,), dtype)}
+  if not cfg.tie_embeddings:
+    params["lm_head"] = (scale * jax.random.normal(keys[-2], (d, cfg.vocab_size))).astype(dtype)
+  return params
+
+
+def cast_params(params: Params, cfg: ModelConfig) -> Params:
+  """Params as jnp arrays in the config's compute dtype."""
+  return jax.tree.map(lambda a: jnp.asarray(a, cfg.jnp_dtype), params)
+
+
+def rms_norm(x_BxTxD: jax.Array, w_D: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm computed in float32, returned in the input dtype."""
+  x = x_BxTxD.astype(jnp.float32)
+  x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+  return (x * w_D.astype(jnp.float32)).astype(x_BxTxD.dtype)
+
+
+def rope(x_BxTxHxDh: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding in the "rotate half" layout: dims i and i + Dh/2 form a pair."""
+  half = x_BxTxHxDh.shape[-1] // 2
+  inv_freq = theta ** (-np.arange(half, dtype=np.float32) / half)
+  angle_BxTxHalf = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+  cos = jnp.cos(angle_BxTxHalf)[:, :, None, :]
+  sin = jnp.sin(angle_BxTxHalf)[:, :, None, :]
+  x = x_BxTxHxDh.astype(jnp.float32)
+  x1, x2 = x[..., :half], x[..., half:]
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x_BxTxHxDh.dtype)
+
+
+def qkv(p: Params, x_BxTxD: jax.Array, positions_BxT: jax.Array, cfg: ModelConfig):
+  """Normed, projected and rotated q [B,T,Hq,Dh], k [B,T,Hkv,Dh], v [B,T,Hkv,Dh]."""
+  h = rms_norm(x_BxTxD, p["attn_norm"], cfg.norm_eps)
+  q = einops.rearrange(h @ p["wq"], "b t (h d) -> b t h d", d=cfg.head_dim)
+  k = einops.rearrange(h @ p["wk"], "b t (h d) -> b t h d", d=cfg.head_dim)
+  v = einops.rearrange(h @ p["wv"], "b t (h d) -> b t h d", d=cfg.head_dim)
+  return rope(q, positions_BxT, cfg.rope_theta), rope(k, positions_BxT, cfg.rope_theta), v
+
+
+def mlp(p: Params, x_BxTxD: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """SwiGLU feed-forward on the normed residual stream."""
+  h = rms_norm(x_BxTxD, p["mlp_norm"], cfg.norm_eps)
+  return (jax.nn.silu(h @ p["w_gate"]) * (h @ p["w_up"])) @ p["w_down"]
+
+
+def block(p: Params, x_BxTxD: jax.Array, positions_BxT: jax.Array, state: Any,
+          mix: Mixer, cfg: ModelConfig) -> tuple[jax.Array, Any]:
+  """One decoder block; `mix` attends q over k/v (and whatever state it keeps)."""
+  q, k, v = qkv(p, x_BxTxD, positions_BxT, cfg)
+  o_BxTxHqxDh, state = mix(p, q, k, v, positions_BxT, state)
+  x_BxTxD = x_BxTxD + einops.rearrange(o_BxTxHqxDh, "b t h d -> b t (h d)") @ p["wo"]
+  return x_BxTxD + mlp(p, x_BxTxD, cfg), state
+
+
+def embed(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig) -> jax.Array:
+  return params["embed"][tokens_BxT].astype(cfg.jnp_dtype)
+
+
+def unembed(params: Params, x_BxTxD: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """Final norm and output projection; float32 logits [B, T, V]."""
+  h = rms_norm(x_BxTxD, params["final_norm"], cfg.norm_eps)
+  w_DxV = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+  return jnp.einsum("btd,dv->btv", h, w_DxV.astype(h.dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def run_layers(layers: Params, x_BxTxD: jax.Array, positions_BxT: jax.Array, states: Any,
+               mix: Mixer, cfg: ModelConfig) -> tuple[jax.Array, Any]:
+  """Scan the blocks whose stacked params are `layers` (leading axis = layer).
+
+  `states` is stacked the same way (or None) and is returned updated.
+  """
+  def step(x, layer):
+    p, state = layer
+    return block(p, x, positions_BxT, state, mix, cfg)
+
+  return jax.lax.scan(step, x_BxTxD, (layers, states))
+
+
+def _full_causal_mix(p, q, k, v, positions_BxT, state):
+  k = einops.rearrange(k, "b t h d -> b h t d")
+  v = einops.rearrange(v, "b t h d -> b h t d")
+  out, _ = reference.attend(q, k, v, reference.causal_mask(positions_BxT))
+  return out, state
+
+
+def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """Full causal attention over the whole sequence: float32 logits [B, T, V]."""
+  b, t = tokens_BxT.shape
+  positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  x, _ = run_layers(params["layers"], embed(params, tokens_BxT, cfg), positions_BxT, None,
+                    _full_causal_mix, cfg)
+  return unembed(params, x, cfg)
