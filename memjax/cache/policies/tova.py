@@ -19,7 +19,10 @@ class TOVA(Policy):
   def observe(self, stats, probs, query_valid):
     last_B = last_valid_index(query_valid)
     probs_BxHkvxCxN = group_mean(probs)
-    return jnp.take_along_axis(probs_BxHkvxCxN, last_B[:, None, None, None], axis=2)[:, :, 0]
+    current = jnp.take_along_axis(probs_BxHkvxCxN, jnp.maximum(last_B, 0)[:, None, None, None],
+                                  axis=2)[:, :, 0]
+    # A row with no real token in this chunk keeps its previous scores.
+    return jnp.where((last_B >= 0)[:, None, None], current, stats)
 
   def score(self, c: Candidates):
     return c.stats

@@ -1,0 +1,149 @@
+"""Budgeted generation: chunked prefill, optional question chunk, then token-by-token decode.
+
+Works on token ids for a batch of rows of different lengths. Every step goes through
+`step.jitted_chunk_step`, so the cache never holds more than its budget (plus one chunk
+while that chunk is being inserted).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from memjax.cache import budgets as budgets_lib
+from memjax.cache import kv_cache
+from memjax.cache.policies import Policy, get_policy
+from memjax.generation import step
+from memjax.models.config import ModelConfig
+
+FULL_CAPACITY_QUANTUM = 256
+
+
+def chunks(rows: Sequence[Sequence[int]], chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Split rows of token ids into aligned chunks: (tokens int32 [B, chunk], valid bool [B, chunk]).
+
+  Row b's i-th chunk holds its tokens [i*chunk, (i+1)*chunk); shorter rows are padded at the end.
+  """
+  longest = max(len(r) for r in rows)
+  for start in range(0, longest, chunk):
+    tokens = np.zeros((len(rows), chunk), np.int32)
+    valid = np.zeros((len(rows), chunk), bool)
+    for b, row in enumerate(rows):
+      piece = row[start:start + chunk]
+      tokens[b, :len(piece)] = piece
+      valid[b, :len(piece)] = True
+    yield tokens, valid
+
+
+def bucket(n: int, smallest: int = 16) -> int:
+  """The power of two >= n (at least `smallest`): chunk lengths for short inserts, so that
+  questions of different lengths share a few compilations."""
+  return max(smallest, 1 << max(n - 1, 0).bit_length())
+
+
+def resolve_budgets(cfg: ModelConfig, policy: Policy, budget: int | None, total_tokens: int,
+                    schedule: budgets_lib.Schedule = "uniform") -> list[int]:
+  """Per-layer slot counts for a run that will see at most `total_tokens` tokens per row.
+
+  `full` ignores `budget` and holds everything (rounded up to a multiple of 256 tokens so
+  that similar lengths share a compilation); it refuses sequences longer than the model's
+  maximum positions. Other policies need a budget larger than their protected slots.
+  """
+  if policy.name == "full":
+    if total_tokens > cfg.max_positions:
+      raise ValueError(
+          f"{total_tokens} tokens (prompt + question + new tokens) exceed the model's maximum "
+          f"of {cfg.max_positions} positions; shorten the prompt or use a budgeted policy "
+          f"such as policy='streaming'")
+    capacity = FULL_CAPACITY_QUANTUM * math.ceil(total_tokens / FULL_CAPACITY_QUANTUM)
+    return [min(capacity, cfg.max_positions)] * cfg.n_layers
+  if budget is None:
+    raise ValueError(f"policy {policy.name!r} needs a budget (KV slots per layer), e.g. budget=256")
+  per_layer = budgets_lib.layer_budgets(int(budget), cfg.n_layers, schedule)
+  smallest = min(per_layer)
+  protected = policy.protected_slots(smallest)
+  if protected >= smallest:
+    raise ValueError(
+        f"budget too small: policy {policy.name!r} protects {protected} slots but a layer gets "
+        f"only {smallest} (budget={budget}, schedule={schedule!r}); use a budget of at least "
+        f"{protected + 1} slots per layer in every layer, or shrink the policy's protected window")
+  return per_layer
+
+
+def _first_logits(chunk_fn, params, cache, rows, chunk_len):
+  """Feed rows through in chunks; return each row's logits after its last token, and the cache."""
+  last_logits = None
+  for tokens, valid in chunks(rows, chunk_len):
+    logits, cache = chunk_fn(params, cache, tokens, valid)
+    logits = np.asarray(logits)
+    has_tokens = valid.any(axis=1)[:, None]
+    last_logits = logits if last_logits is None else np.where(has_tokens, logits, last_logits)
+  return last_logits, cache
+
+
+def sample(logits_BxV: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+  """Greedy (temperature 0) or softmax sampling at `temperature`: int32 [B]."""
+  if temperature <= 0:
+    return np.argmax(logits_BxV, axis=-1).astype(np.int32)
+  z = logits_BxV.astype(np.float64) / temperature
+  p = np.exp(z - z.max(axis=-1, keepdims=True))
+  p /= p.sum(axis=-1, keepdims=True)
+  return np.array([rng.choice(p.shape[-1], p=row) for row in p], np.int32)
+
+
+def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
+                 policy: str | Policy = "full", budget: int | None = None,
+                 budget_schedule: budgets_lib.Schedule = "uniform",
+                 questions: Sequence[Sequence[int]] | None = None, max_new_tokens: int = 32,
+                 prefill_chunk: int = 512, temperature: float = 0.0, seed: int = 0,
+                 eos_id: int | None = None, progress: bool = False) -> list[list[int]]:
+  """Generate continuations for a batch of prompts under a KV budget.
+
+  Args:
+    prompts: B rows of token ids (lengths may differ).
+    policy: a registered policy name or instance.
+    budget: mean KV slots per layer (ignored by `full`).
+    questions: optional B rows appended after the prompt has been compressed
+      (query-agnostic protocol); they are inserted as one extra chunk.
+    max_new_tokens: tokens generated per row; a row stops early at `eos_id`.
+    prefill_chunk: tokens per prefill chunk C (peak cache = budget + C per layer).
+
+  Returns:
+    B lists of generated ids (without the prompt; the EOS token is not included).
+  """
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ValueError("every prompt needs at least one token")
+  if questions is not None and len(questions) != len(prompts):
+    raise ValueError(f"{len(questions)} questions for {len(prompts)} prompts")
+  policy = get_policy(policy)
+  batch = len(prompts)
+  longest_question = max((len(q) for q in questions), default=0) if questions else 0
+  total = max(len(p) for p in prompts) + longest_question + max_new_tokens
+  per_layer = resolve_budgets(cfg, policy, budget, total, budget_schedule)
+  cache = kv_cache.init_cache(per_layer, batch, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype)
+  chunk_fn = step.jitted_chunk_step(cfg, policy, "last_logits")
+
+  logits, cache = _first_logits(chunk_fn, params, cache, prompts, prefill_chunk)
+  if questions is not None and longest_question:
+    q_logits, cache = _first_logits(chunk_fn, params, cache, questions, bucket(longest_question))
+    has_question = np.array([len(q) > 0 for q in questions])[:, None]
+    logits = np.where(has_question, q_logits, logits)
+
+  rng = np.random.default_rng(seed)
+  out = [[] for _ in range(batch)]
+  done = np.zeros(batch, bool)
+  for i in tqdm(range(max_new_tokens), desc=f"decode {policy.name}", disable=not progress):
+    token_B = sample(logits, temperature, rng)
+    for b in np.flatnonzero(~done):
+      if eos_id is not None and token_B[b] == eos_id:
+        done[b] = True
+      else:
+        out[b].append(int(token_B[b]))
+    if done.all() or i == max_new_tokens - 1:
+      break
+    logits, cache = chunk_fn(params, cache, token_B[:, None], ~done[:, None])
+    logits = np.asarray(logits)
+  return out
