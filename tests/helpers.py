@@ -6,8 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memjax.cache import kv_cache
-from memjax.generation import generate, step
 from memjax.models import llama
 from memjax.models.config import tiny_config
 
@@ -16,20 +14,6 @@ from memjax.models.config import tiny_config
 def tiny_model(**overrides):
   cfg = tiny_config(**overrides)
   return cfg, llama.init_params(cfg, jax.random.PRNGKey(0), scale=0.3)
-
-
-def chunked_logprobs(params, cfg, tokens_BxT, policy, budgets, chunk):
-  """log p(token t+1 | ...) [B, T-1] through the budgeted cache, chunk by chunk; and the cache."""
-  b, t = tokens_BxT.shape
-  cache = kv_cache.init_cache(budgets, b, cfg.n_kv_heads, cfg.head_dim)
-  fn = step.jitted_chunk_step(cfg, policy, "target_logprobs")
-  targets = np.concatenate([tokens_BxT[:, 1:], np.zeros((b, 1), np.int32)], axis=1)
-  outs = []
-  for (tok, valid), (tgt, _) in zip(generate.chunks(tokens_BxT.tolist(), chunk),
-                                    generate.chunks(targets.tolist(), chunk)):
-    lp, cache = fn(params, cache, tok, valid, tgt)
-    outs.append(np.asarray(lp))
-  return np.concatenate(outs, axis=1)[:, :t - 1], cache
 
 
 def masked_logprobs(params, cfg, tokens_BxT, visible_fn):

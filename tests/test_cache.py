@@ -11,7 +11,8 @@ from memjax.cache import kv_cache
 from memjax.cache.policies import get_policy, policy_names
 from memjax.generation import generate, step
 from memjax.models import llama
-from tests.helpers import chunked_logprobs, masked_logprobs, tiny_model
+from memjax.eval.perplexity import budgeted_logprobs as chunked_logprobs
+from tests.helpers import masked_logprobs, tiny_model
 
 CHUNK = 8
 

@@ -1,0 +1,82 @@
+"""The `memjax` command line: `memjax eval CONFIG.yaml [key=value ...]`, `memjax generate ...`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+
+def _enable_compilation_cache() -> None:
+  """Keep compiled XLA programs on disk so that a second run skips compilation."""
+  import jax
+  path = os.environ.get("MEMJAX_COMPILATION_CACHE",
+                        str(pathlib.Path.home() / ".cache" / "memjax" / "xla"))
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _eval(args) -> None:
+  from memjax.config import load_config
+  from memjax.eval import report
+  from memjax.eval.config import EvalConfig
+  from memjax.eval.harness import evaluate
+
+  cfg = load_config(EvalConfig, args.config, args.overrides)
+  rows = evaluate(cfg)
+  paths = report.write_report(rows, cfg)
+  print()
+  print(report.format_table(rows, cfg.protocol))
+  print()
+  for kind, path in paths.items():
+    print(f"wrote {kind.split(':')[0]}: {path}")
+
+
+def _generate(args) -> None:
+  import memjax
+  lm = memjax.load(args.model, args.dtype)
+  text = lm.generate(args.prompt, policy=args.policy, budget=args.budget,
+                     max_new_tokens=args.max_new_tokens, prefill_chunk=args.prefill_chunk,
+                     temperature=args.temperature, question=args.question,
+                     budget_schedule=args.schedule, progress=True)
+  print(text)
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="memjax", description="Memory-bounded attention in JAX.")
+  sub = p.add_subparsers(dest="command", required=True)
+
+  ev = sub.add_parser("eval", help="policy x budget evaluation from a YAML config")
+  ev.add_argument("config", help="YAML file with EvalConfig fields (see configs/)")
+  ev.add_argument("overrides", nargs="*", help="key=value overrides, e.g. n_cases=16")
+  ev.set_defaults(run=_eval)
+
+  gen = sub.add_parser("generate", help="generate text under a KV budget")
+  gen.add_argument("prompt")
+  gen.add_argument("--model", default="smollm2-135m")
+  gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  gen.add_argument("--policy", default="full")
+  gen.add_argument("--budget", type=int, default=None, help="KV slots per layer")
+  gen.add_argument("--schedule", default="uniform", choices=["uniform", "pyramid"])
+  gen.add_argument("--question", default=None, help="appended after compression")
+  gen.add_argument("--max-new-tokens", type=int, default=32)
+  gen.add_argument("--prefill-chunk", type=int, default=512)
+  gen.add_argument("--temperature", type=float, default=0.0)
+  gen.set_defaults(run=_generate)
+  return p
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parser().parse_args(argv)
+  _enable_compilation_cache()
+  try:
+    args.run(args)
+  except (ValueError, FileNotFoundError) as err:
+    print(f"memjax {args.command}: error: {err}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: policy x budget harness, perplexity under budget, reports."""

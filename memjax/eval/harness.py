@@ -1,0 +1,101 @@
+"""The policy x budget evaluation: retrieval accuracy (and perplexity) under KV budgets."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from memjax.cache.policies import get_policy
+from memjax.data import corpus, retrieval
+from memjax.eval.config import EvalConfig
+from memjax.eval.perplexity import budgeted_logprobs, perplexity
+from memjax.generation.generate import generate_ids, resolve_budgets
+from memjax.lm import LanguageModel
+
+
+def budget_tokens(budget: float, context_tokens: int) -> int:
+  """KV slots per layer: a fraction (<= 1) of the context, or an absolute token count."""
+  return max(1, round(budget * context_tokens)) if budget <= 1 else int(budget)
+
+
+def _settings(cfg: EvalConfig) -> list[tuple[str, float | None]]:
+  """(policy, budget) pairs to run: the full cache once, every other policy at every budget."""
+  return [(p, None) if p == "full" else (p, b)
+          for p in cfg.policies for b in ([None] if p == "full" else cfg.budgets)]
+
+
+def _answer_cases(lm: LanguageModel, cases, policy: str, budget: int | None,
+                  cfg: EvalConfig) -> list[float]:
+  """Scores of `cases` answered in batches under one (policy, budget)."""
+  scores = []
+  for start in range(0, len(cases), cfg.batch_size):
+    batch = cases[start:start + cfg.batch_size]
+    contexts = [lm.tokenizer.encode(c.context) for c in batch]
+    questions = [lm.tokenizer.encode(c.question) for c in batch]
+    if cfg.query_aware:
+      contexts, questions = [c + q for c, q in zip(contexts, questions)], None
+    answers = generate_ids(lm.params, lm.cfg, contexts, policy=get_policy(policy), budget=budget,
+                           budget_schedule=cfg.budget_schedule, questions=questions,
+                           max_new_tokens=cfg.max_new_tokens, prefill_chunk=cfg.prefill_chunk,
+                           eos_id=lm.tokenizer.eos_id)
+    scores += [retrieval.score_answer(c, lm.tokenizer.decode(a)) for c, a in zip(batch, answers)]
+  return scores
+
+
+def retrieval_rows(lm: LanguageModel, cfg: EvalConfig, progress: bool = True) -> list[dict[str, Any]]:
+  """Accuracy rows for every (context length, task, policy, budget) of the config."""
+  rows = []
+  settings = _settings(cfg)
+  jobs = [(n, task) for n in cfg.context_tokens for task in cfg.tasks]
+  bar = tqdm(total=len(jobs) * len(settings), desc="policy x budget", disable=not progress)
+  for context_tokens, task in jobs:
+    cases = retrieval.make_cases(task, cfg.n_cases, context_tokens, cfg.depths, lm.tokenizer,
+                                 cfg.seed, haystack=_haystack(cfg))
+    for policy, budget in settings:
+      slots = None if budget is None else budget_tokens(budget, context_tokens)
+      bar.set_postfix_str(f"{task} {context_tokens} {policy} {slots or 'full'}")
+      started = time.perf_counter()
+      scores = _answer_cases(lm, cases, policy, slots, cfg)
+      rows.append(dict(policy=policy, budget=budget, budget_tokens=slots, task=task,
+                       context_tokens=context_tokens, accuracy=float(np.mean(scores)),
+                       n=len(scores), seconds=round(time.perf_counter() - started, 1)))
+      bar.update()
+  bar.close()
+  return rows
+
+
+def perplexity_rows(lm: LanguageModel, cfg: EvalConfig, progress: bool = True) -> list[dict[str, Any]]:
+  """Held-out perplexity for every (policy, budget), budgets relative to the window length."""
+  text = corpus.load_corpus("heldout", cfg.corpus or None)
+  windows = corpus.heldout_windows(lm.tokenizer, cfg.ppl_windows, cfg.ppl_window_tokens,
+                                   cfg.seed, text=text)
+  rows = []
+  for policy, budget in tqdm(_settings(cfg), desc="perplexity", disable=not progress):
+    pol = get_policy(policy)
+    slots = None if budget is None else budget_tokens(budget, cfg.ppl_window_tokens)
+    per_layer = resolve_budgets(lm.cfg, pol, slots, cfg.ppl_window_tokens, cfg.budget_schedule)
+    logprobs = np.concatenate([
+        budgeted_logprobs(lm.params, lm.cfg, windows[i:i + cfg.batch_size], pol, per_layer,
+                          cfg.ppl_chunk)[0]
+        for i in range(0, len(windows), cfg.batch_size)])
+    rows.append(dict(policy=policy, budget=budget, budget_tokens=slots, task="perplexity",
+                     context_tokens=cfg.ppl_window_tokens, perplexity=perplexity(logprobs),
+                     n=int(logprobs.size)))
+  return rows
+
+
+def _haystack(cfg: EvalConfig) -> str | None:
+  return corpus.load_corpus("haystack", cfg.corpus) if cfg.corpus else None
+
+
+def evaluate(cfg: EvalConfig, lm: LanguageModel | None = None, progress: bool = True) -> list[dict[str, Any]]:
+  """Run the whole evaluation of `cfg`; returns result rows (see memjax.eval.report)."""
+  from memjax.lm import load
+  lm = lm or load(cfg.model, cfg.dtype)
+  rows = retrieval_rows(lm, cfg, progress)
+  if cfg.perplexity:
+    rows += perplexity_rows(lm, cfg, progress)
+  return rows
