@@ -20,6 +20,7 @@ setup(
         "chex>=0.1.92",
         "einops>=0.8",
         "numpy>=1.26",
+        "ml-dtypes>=0.5",
         "pyyaml>=6",
         "gguf>=0.17",
         "tokenizers>=0.20",

@@ -1,0 +1,98 @@
+"""Settings of a policy x budget evaluation run."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from memjax.data.retrieval import KINDS
+from memjax.eval.report import protocol_label
+
+ALL_POLICIES = [
+    "full", "window", "streaming", "h2o", "tova", "snapkv", "keydiff", "knorm", "random"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """What to evaluate, under which KV budgets, and where to write the results.
+
+  Attributes:
+    model: model name known to memjax.io (e.g. "smollm2-135m").
+    dtype: compute dtype.
+    policies: eviction policies to compare; "full" gives the full-cache row.
+    budgets: KV budgets per layer: a fraction of the context if <= 1 (0.25 keeps a
+      quarter of the tokens), else an absolute number of tokens (whole number).
+    budget_schedule: "uniform" (same budget in every layer) or "pyramid" (shrinking
+      with depth, same mean).
+    tasks: retrieval task kinds (memjax.data.retrieval.KINDS).
+    context_tokens: context lengths in tokens to test.
+    depths: needle depths in [0, 1]; cases cycle through them.
+    n_cases: cases per (task, context length).
+    batch_size: cases run together.
+    prefill_chunk: tokens per prefill step (peak memory is budget + chunk).
+    max_new_tokens: greedy tokens generated for each answer ("multivalue" needs
+      about 8 per code).
+    query_aware: if True the question is part of the compressed prompt (flatters
+      query-aware policies); if False (the default protocol) the context is
+      compressed alone and the question comes after.
+    perplexity: also measure held-out perplexity under each budget.
+    ppl_windows: number of held-out windows.
+    ppl_window_tokens: tokens per held-out window.
+    ppl_chunk: tokens read per step when scoring a window; eviction happens between
+      steps, so a chunk no larger than the smallest budget makes every budget bite.
+    seed: seeds cases, windows and the random policy.
+    corpus: local text files to use instead of the shipped corpus (empty: shipped).
+    output_dir: directory for tables, CSV and plots.
+    name: file stem of this run's outputs.
+  """
+
+  model: str = "smollm2-135m"
+  dtype: Literal["float32", "bfloat16"] = "float32"
+  policies: list[str] = dataclasses.field(default_factory=lambda: list(ALL_POLICIES))
+  budgets: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.25, 0.125])
+  budget_schedule: Literal["uniform", "pyramid"] = "uniform"
+  tasks: list[str] = dataclasses.field(default_factory=lambda: ["single"])
+  context_tokens: list[int] = dataclasses.field(default_factory=lambda: [1000])
+  depths: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+  n_cases: int = 8
+  batch_size: int = 8
+  prefill_chunk: int = 512
+  max_new_tokens: int = 8
+  query_aware: bool = False
+  perplexity: bool = False
+  ppl_windows: int = 4
+  ppl_window_tokens: int = 1024
+  ppl_chunk: int = 64
+  seed: int = 0
+  corpus: list[str] = dataclasses.field(default_factory=list)
+  output_dir: str = "experiments/results"
+  name: str = "policy_budget"
+
+  def __post_init__(self):
+    for field in ("policies", "budgets", "tasks", "context_tokens", "depths"):
+      if not getattr(self, field):
+        raise ValueError(f"{field} must not be empty")
+    if len(set(self.policies)) != len(self.policies):
+      raise ValueError(f"policies lists a name twice: {self.policies}")
+    for budget in self.budgets:
+      if budget <= 0 or (budget > 1 and budget != int(budget)):
+        raise ValueError(f"budget {budget} must be a fraction in (0, 1] or a whole number "
+                         "of tokens > 1")
+    unknown = [t for t in self.tasks if t not in KINDS]
+    if unknown:
+      raise ValueError(f"unknown task kind(s) {unknown}; use some of {list(KINDS)}")
+    if any(n < 1 for n in self.context_tokens):
+      raise ValueError(f"context_tokens must be positive, got {self.context_tokens}")
+    if any(not 0.0 <= d <= 1.0 for d in self.depths):
+      raise ValueError(f"depths must lie in [0, 1], got {self.depths}")
+    for field in ("n_cases", "batch_size", "prefill_chunk", "max_new_tokens", "ppl_windows",
+                  "ppl_chunk"):
+      if getattr(self, field) < 1:
+        raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+    if self.ppl_window_tokens < 2:
+      raise ValueError(f"ppl_window_tokens must be >= 2, got {self.ppl_window_tokens}")
+
+  @property
+  def protocol(self) -> str:
+    """The label every table and plot carries: "query-aware" or "query-agnostic"."""
+    return protocol_label(self.query_aware)

@@ -1,0 +1,262 @@
+"""Tables, CSV and plots of policy x budget results.
+
+A result row is a dict with at least `policy`, `task`, `context_tokens`, `n` and
+`accuracy` (0..1) or `perplexity`, plus `budget` (fraction of the context; None
+for the full cache) and usually `budget_tokens`. Extra keys are kept in the CSV.
+Rows are grouped into one table per (task, context length); rows of the same
+cell are merged, weighting by `n`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from memjax.config import config_to_dict
+
+FULL = "full"
+CSV_COLUMNS = ("policy", "budget", "budget_tokens", "task", "context_tokens", "accuracy", "n",
+               "perplexity")
+PROTOCOL_NOTES = {
+    "query-agnostic": "the context is compressed alone; the question is appended afterwards",
+    "query-aware": "the question is part of the compressed prompt (flatters query-aware policies)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """One policy x budget table.
+
+  Attributes:
+    metric: "accuracy" or "perplexity".
+    task: retrieval task kind, or "perplexity".
+    context_tokens: context (or perplexity window) length in tokens.
+    columns: budget keys (budget fraction, budget tokens), largest budget first.
+    policies: row order, with "full" first when present.
+    cells: (policy, column) -> (value, n); value is accuracy in 0..1 or perplexity.
+  """
+
+  metric: str
+  task: str
+  context_tokens: int
+  columns: tuple[tuple[Any, Any], ...]
+  policies: tuple[str, ...]
+  cells: dict[tuple[str, tuple[Any, Any]], tuple[float, int]]
+
+  @property
+  def title(self) -> str:
+    """E.g. "single retrieval, 1000-token context"."""
+    if self.metric == "accuracy":
+      return f"{self.task} retrieval, {self.context_tokens}-token context"
+    return f"held-out perplexity, {self.context_tokens}-token windows"
+
+
+def protocol_label(query_aware: bool) -> str:
+  """The protocol label of a run: "query-aware" or "query-agnostic"."""
+  return "query-aware" if query_aware else "query-agnostic"
+
+
+def build_tables(rows: Sequence[Mapping[str, Any]]) -> list[Table]:
+  """Accuracy tables per (task, context length), then perplexity tables per window length."""
+  tables = []
+  for metric in ("accuracy", "perplexity"):
+    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for row in rows:
+      if row.get(metric) is not None:
+        task = row.get("task") if metric == "accuracy" else "perplexity"
+        groups.setdefault((task, row["context_tokens"]), []).append(row)
+    tables += [_table(metric, task, context, group) for (task, context), group in groups.items()]
+  return tables
+
+
+def _table(metric: str, task: str, context_tokens: int, rows: Sequence[Mapping[str, Any]]) -> Table:
+  """Merge the rows of one group into table cells."""
+  budgeted = [r for r in rows if r["policy"] != FULL]
+  columns = sorted({_column(r) for r in budgeted}, key=_column_size, reverse=True)
+  policies = list(dict.fromkeys(r["policy"] for r in rows))
+  if FULL in policies:
+    policies.remove(FULL)
+    policies.insert(0, FULL)
+  cells = {}
+  for policy in policies:
+    mine = [r for r in rows if r["policy"] == policy]
+    for column in columns:
+      matching = [r for r in mine if _column(r) == column]
+      if policy == FULL and not matching:
+        matching = mine  # the full cache has no budget: one value for every column
+      if matching:
+        cells[(policy, column)] = _merge(matching, metric)
+  return Table(metric, task, context_tokens, tuple(columns), tuple(policies), cells)
+
+
+def _column(row: Mapping[str, Any]) -> tuple[Any, Any]:
+  return (row.get("budget"), row.get("budget_tokens"))
+
+
+def _column_size(column: tuple[Any, Any]) -> float:
+  budget, tokens = column
+  return float(tokens if tokens is not None else budget)
+
+
+def _merge(rows: Sequence[Mapping[str, Any]], metric: str) -> tuple[float, int]:
+  """n-weighted mean of `metric` over rows, and the total n."""
+  n = sum(int(r.get("n", 1)) for r in rows)
+  value = sum(float(r[metric]) * int(r.get("n", 1)) for r in rows) / max(n, 1)
+  return value, n
+
+
+def budget_label(column: tuple[Any, Any]) -> str:
+  """Column header: "25% (256 tok)", "25%" or "256 tok"."""
+  budget, tokens = column
+  if budget is not None and budget <= 1:
+    percent = f"{100 * budget:.4g}%"
+    return f"{percent} ({tokens} tok)" if tokens is not None else percent
+  return f"{tokens if tokens is not None else int(budget)} tok"
+
+
+def _policy_label(policy: str) -> str:
+  return "full cache" if policy == FULL else policy
+
+
+def _cell_text(table: Table, policy: str, column, n_prefix: str) -> str:
+  """Accuracy in percent with its n ("87.5 (n=8)"), perplexity ("12.34"), or "–" if missing."""
+  if (policy, column) not in table.cells:
+    return "–"
+  value, n = table.cells[(policy, column)]
+  if table.metric == "perplexity":
+    return f"{value:.2f}"
+  return f"{100 * value:.1f} ({n_prefix}{n})"
+
+
+def _grid(table: Table, n_prefix: str) -> list[list[str]]:
+  """Header row then one row per policy, as strings."""
+  grid = [["policy"] + [budget_label(c) for c in table.columns]]
+  for policy in table.policies:
+    cells = [_cell_text(table, policy, c, n_prefix) for c in table.columns]
+    grid.append([_policy_label(policy)] + cells)
+  return grid
+
+
+def _unit(table: Table) -> str:
+  return "accuracy % (cases)" if table.metric == "accuracy" else "perplexity (lower is better)"
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], protocol: str) -> str:
+  """Plain-text tables for the terminal: budgets across, policies down."""
+  blocks = []
+  for table in build_tables(rows):
+    grid = _grid(table, n_prefix="")
+    widths = [max(len(line[i]) for line in grid) for i in range(len(grid[0]))]
+    lines = [f"{table.title} [{protocol}]: {_unit(table)}"]
+    for line in grid:
+      lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                             for i, (cell, w) in enumerate(zip(line, widths))))
+    blocks.append("\n".join(lines))
+  return "\n\n".join(blocks)
+
+
+def markdown_report(rows: Sequence[Mapping[str, Any]], config: Any) -> str:
+  """A markdown page: header with model, protocol and config, then one table per group.
+
+  Args:
+    rows: result rows (see the module docstring).
+    config: the run's config (a dataclass such as EvalConfig, or its dict); its
+      `name`, `model` and `query_aware` entries label the page.
+  """
+  cfg = config_to_dict(config)
+  protocol = protocol_label(bool(cfg.get("query_aware", False)))
+  lines = [f"# {cfg.get('name', 'results')}", "",
+           f"- model: `{cfg.get('model', '?')}`",
+           f"- protocol: **{protocol}**: {PROTOCOL_NOTES[protocol]}",
+           "- columns: KV budget per layer, as a fraction of the context (tokens kept)",
+           "", "Config:", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False,
+                                                      default_flow_style=None).rstrip(), "```"]
+  for table in build_tables(rows):
+    grid = _grid(table, n_prefix="n=")
+    lines += ["", f"## {table.title}", "", f"Cells: {_unit(table)}.", ""]
+    lines.append("| " + " | ".join(grid[0]) + " |")
+    lines.append("|" + "|".join([":---"] + ["---:"] * (len(grid[0]) - 1)) + "|")
+    lines += ["| " + " | ".join(line) + " |" for line in grid[1:]]
+  return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | pathlib.Path) -> None:
+  """All rows as CSV: the standard columns first, then any extra keys (sorted)."""
+  extra = sorted({k for r in rows for k in r} - set(CSV_COLUMNS))
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS) + extra, restval="")
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+def plot_accuracy(table: Table, path: str | pathlib.Path, *, model: str, protocol: str) -> None:
+  """PNG of accuracy (%) vs KV budget, one line per policy, full cache as a dashed line.
+
+  The x axis is the budget in tokens (log scale) when every column has a token
+  count, else the budget fraction; tick labels show both.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  columns = sorted(table.columns, key=_column_size)
+  xs = [_column_size(c) for c in columns]
+  fig, ax = plt.subplots(figsize=(8, 4.8))
+  markers = "osD^vP*Xh<>"
+  budgeted = [p for p in table.policies if p != FULL]
+  for i, policy in enumerate(budgeted):
+    points = [(x, 100 * table.cells[(policy, c)][0]) for x, c in zip(xs, columns)
+              if (policy, c) in table.cells]
+    if not points:
+      continue
+    ax.plot(*zip(*points), marker=markers[i % len(markers)], label=policy,
+            color=f"C{i % 10}", linewidth=1.6, markersize=6)
+  if FULL in table.policies and columns:
+    full = 100 * table.cells[(FULL, columns[-1])][0]
+    ax.axhline(full, color="black", linestyle="--", linewidth=1.2,
+               label=f"full cache ({full:.0f}%)")
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(xs, [budget_label(c).replace(" (", "\n(") for c in columns])
+  ax.minorticks_off()
+  ax.set_ylim(-3, 103)
+  ax.set_xlabel("KV budget per layer")
+  ax.set_ylabel("accuracy (%)")
+  ax.grid(True, alpha=0.3)
+  ax.set_title(f"{model}: {table.title} ({protocol})")
+  ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+
+
+def write_report(rows: Sequence[Mapping[str, Any]], config: Any,
+                 out_dir: str | pathlib.Path | None = None) -> dict[str, pathlib.Path]:
+  """Write `{name}.md`, `{name}.csv` and one `{name}_{task}_{context}.png` per accuracy table.
+
+  Args:
+    rows: result rows.
+    config: the run's config (EvalConfig or its dict): `name`, `model`,
+      `query_aware` and, unless `out_dir` is given, `output_dir`.
+    out_dir: directory to write to (created if missing).
+
+  Returns:
+    Paths written, keyed "markdown", "csv" and "plot:{task}:{context}".
+  """
+  cfg = config_to_dict(config)
+  out = pathlib.Path(out_dir if out_dir is not None else cfg.get("output_dir", "."))
+  out.mkdir(parents=True, exist_ok=True)
+  name = cfg.get("name", "results")
+  protocol = protocol_label(bool(cfg.get("query_aware", False)))
+  paths = {"markdown": out / f"{name}.md", "csv": out / f"{name}.csv"}
+  paths["markdown"].write_text(markdown_report(rows, cfg), encoding="utf-8")
+  write_csv(rows, paths["csv"])
+  for table in build_tables(rows):
+    if table.metric == "accuracy":
+      path = out / f"{name}_{table.task}_{table.context_tokens}.png"
+      plot_accuracy(table, path, model=cfg.get("model", "?"), protocol=protocol)
+      paths[f"plot:{table.task}:{table.context_tokens}"] = path
+  return paths

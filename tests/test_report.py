@@ -1,0 +1,70 @@
+"""Policy x budget tables (markdown, terminal), CSV and plot of evaluation results."""
+
+import csv
+
+import pytest
+
+from memjax.eval.config import EvalConfig
+from memjax.eval.report import build_tables, format_table, markdown_report, write_report
+
+BUDGETS = [0.5, 0.25, 0.125]
+POLICIES = ["window", "streaming", "h2o", "random"]
+
+
+@pytest.fixture
+def rows():
+  out = [dict(policy="full", budget=None, budget_tokens=None, task="single", context_tokens=1000,
+              accuracy=0.875, n=8)]
+  for i, policy in enumerate(POLICIES):
+    for j, budget in enumerate(BUDGETS):
+      out.append(dict(policy=policy, budget=budget, budget_tokens=int(budget * 1000), task="single",
+                      context_tokens=1000, accuracy=(8 - i - j) / 8, n=8, seconds=1.5))
+  out.append(dict(policy="full", budget=None, task="perplexity", context_tokens=256,
+                  perplexity=12.5, n=4))
+  out.append(dict(policy="h2o", budget=0.25, budget_tokens=64, task="perplexity",
+                  context_tokens=256, perplexity=15.25, n=4))
+  return out
+
+
+def test_markdown_has_header_and_every_policy_and_budget(rows):
+  cfg = EvalConfig(policies=["full"] + POLICIES, budgets=BUDGETS, name="demo")
+  text = markdown_report(rows, cfg)
+  assert text.startswith("# demo\n") and "**query-agnostic**" in text
+  assert "budgets: [0.5, 0.25, 0.125]" in text  # the config is recorded
+  table = text.split("## single retrieval, 1000-token context")[1].split("##")[0]
+  lines = [l for l in table.splitlines() if l.startswith("|")]
+  assert lines[0] == "| policy | 50% (500 tok) | 25% (250 tok) | 12.5% (125 tok) |"
+  assert lines[2] == "| full cache | 87.5 (n=8) | 87.5 (n=8) | 87.5 (n=8) |"
+  assert [l.split(" | ")[0][2:] for l in lines[3:]] == POLICIES
+  assert "| h2o | 75.0 (n=8) | 62.5 (n=8) | 50.0 (n=8) |" in lines
+  assert "held-out perplexity, 256-token windows" in text and "15.25" in text
+
+
+def test_cells_merge_rows_weighted_by_n():
+  rows = [dict(policy="h2o", budget=0.5, budget_tokens=50, task="single", context_tokens=100,
+               accuracy=a, n=n) for a, n in [(1.0, 2), (0.5, 6)]]
+  (table,) = build_tables(rows)
+  assert table.cells[("h2o", (0.5, 50))] == (pytest.approx(0.625), 8)
+
+
+def test_terminal_table_is_aligned(rows):
+  text = format_table(rows, "query-aware")
+  block = text.split("\n\n")[0].splitlines()
+  assert block[0].startswith("single retrieval, 1000-token context [query-aware]")
+  assert block[2].startswith("full cache") and "87.5 (8)" in block[2]
+  assert len({len(line) for line in block[1:]}) == 1
+
+
+def test_write_report_files(rows, tmp_path):
+  cfg = EvalConfig(query_aware=True, name="run1", output_dir=str(tmp_path / "ignored"))
+  paths = write_report(rows, cfg, tmp_path / "out")
+  assert set(paths) == {"markdown", "csv", "plot:single:1000"}
+  assert "**query-aware**" in paths["markdown"].read_text()
+  with open(paths["csv"]) as f:
+    written = list(csv.DictReader(f))
+  assert len(written) == len(rows)
+  assert list(written[0])[:8] == ["policy", "budget", "budget_tokens", "task", "context_tokens",
+                                  "accuracy", "n", "perplexity"]
+  assert written[0]["budget"] == "" and written[1]["seconds"] == "1.5"
+  png = paths["plot:single:1000"].read_bytes()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
