@@ -22,7 +22,7 @@ def masked_logprobs(params, cfg, tokens_BxT, visible_fn):
   i, j = np.meshgrid(np.arange(t), np.arange(t), indexing="ij")
   mask = jnp.asarray(visible_fn(i, j) & (j <= i))[None, None]
 
-  def mix(p, q, k, v, positions, state):
+  def mix(p, h, q, k, v, positions, state):
     from memjax.attention import reference
     out, _ = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
     return out, state

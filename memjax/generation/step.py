@@ -28,7 +28,7 @@ Output = Literal["last_logits", "target_logprobs"]
 def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array):
   """A `llama.Mixer` that attends over cache ∪ chunk and then evicts down to the budget."""
 
-  def mix(p, q, k, v, positions_BxC, state):
+  def mix(p, h, q, k, v, positions_BxC, state):
     cache, layer = state
     n_kv = k.shape[2]
     pos_BxHkvxC = jnp.broadcast_to(

@@ -18,7 +18,8 @@ from memjax.attention import reference
 from memjax.models.config import ModelConfig
 
 Params = dict[str, Any]
-# mix(layer_params, q, k, v, positions, layer_state) -> (attention output, new layer_state)
+# mix(layer_params, h, q, k, v, positions, layer_state) -> (attention output, new layer_state),
+# where h [B, T, D] is the normed hidden state that q, k and v were projected from.
 Mixer = Callable[..., tuple[jax.Array, Any]]
 
 
@@ -70,12 +71,10 @@ def rope(x_BxTxHxDh: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.A
   return rotated.astype(x_BxTxHxDh.dtype)
 
 
-def qkv(p: Params, x_BxTxD: jax.Array, positions_BxT: jax.Array, cfg: ModelConfig):
-  """Normed, projected and rotated q [B,T,Hq,Dh], k [B,T,Hkv,Dh], v [B,T,Hkv,Dh]."""
-  h = rms_norm(x_BxTxD, p["attn_norm"], cfg.norm_eps)
-  q = einops.rearrange(h @ p["wq"], "b t (h d) -> b t h d", d=cfg.head_dim)
-  k = einops.rearrange(h @ p["wk"], "b t (h d) -> b t h d", d=cfg.head_dim)
-  v = einops.rearrange(h @ p["wv"], "b t (h d) -> b t h d", d=cfg.head_dim)
+def qkv(p: Params, h_BxTxD: jax.Array, positions_BxT: jax.Array, cfg: ModelConfig):
+  """Projected and rotated q [B,T,Hq,Dh], k [B,T,Hkv,Dh], v [B,T,Hkv,Dh] from the normed state."""
+  split = lambda w: einops.rearrange(h_BxTxD @ w, "b t (h d) -> b t h d", d=cfg.head_dim)
+  q, k, v = split(p["wq"]), split(p["wk"]), split(p["wv"])
   return rope(q, positions_BxT, cfg.rope_theta), rope(k, positions_BxT, cfg.rope_theta), v
 
 
@@ -88,8 +87,9 @@ def mlp(p: Params, x_BxTxD: jax.Array, cfg: ModelConfig) -> jax.Array:
 def block(p: Params, x_BxTxD: jax.Array, positions_BxT: jax.Array, state: Any,
           mix: Mixer, cfg: ModelConfig) -> tuple[jax.Array, Any]:
   """One decoder block; `mix` attends q over k/v (and whatever state it keeps)."""
-  q, k, v = qkv(p, x_BxTxD, positions_BxT, cfg)
-  o_BxTxHqxDh, state = mix(p, q, k, v, positions_BxT, state)
+  h_BxTxD = rms_norm(x_BxTxD, p["attn_norm"], cfg.norm_eps)
+  q, k, v = qkv(p, h_BxTxD, positions_BxT, cfg)
+  o_BxTxHqxDh, state = mix(p, h_BxTxD, q, k, v, positions_BxT, state)
   x_BxTxD = x_BxTxD + einops.rearrange(o_BxTxHqxDh, "b t h d -> b t (h d)") @ p["wo"]
   return x_BxTxD + mlp(p, x_BxTxD, cfg), state
 
@@ -119,7 +119,7 @@ def run_layers(layers: Params, x_BxTxD: jax.Array, positions_BxT: jax.Array, sta
   return jax.lax.scan(step, x_BxTxD, (layers, states))
 
 
-def _full_causal_mix(p, q, k, v, positions_BxT, state):
+def _full_causal_mix(p, h, q, k, v, positions_BxT, state):
   k = einops.rearrange(k, "b t h d -> b h t d")
   v = einops.rearrange(v, "b t h d -> b h t d")
   out, _ = reference.attend(q, k, v, reference.causal_mask(positions_BxT))
