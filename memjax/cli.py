@@ -24,7 +24,7 @@ def _eval(args) -> None:
   from memjax.eval.harness import evaluate
 
   cfg = load_config(EvalConfig, args.config, args.overrides)
-  rows = evaluate(cfg)
+  rows = evaluate(cfg, log_path=pathlib.Path(cfg.output_dir) / f"{cfg.name}.rows.jsonl")
   paths = report.write_report(rows, cfg)
   print()
   print(report.format_table(rows, cfg.protocol))
@@ -43,6 +43,15 @@ def _generate(args) -> None:
   print(text)
 
 
+def _train(args) -> None:
+  from memjax.train import load_train_config, run
+
+  cfg = load_train_config(args.config, args.overrides)
+  state = run(cfg, progress=True)
+  print(f"trained to step {int(state.step)} of {cfg.steps}; checkpoints in "
+        f"{cfg.checkpoint_path}, metrics in {cfg.output_dir}")
+
+
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="memjax", description="Memory-bounded attention in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -51,6 +60,11 @@ def parser() -> argparse.ArgumentParser:
   ev.add_argument("config", help="YAML file with EvalConfig fields (see configs/)")
   ev.add_argument("overrides", nargs="*", help="key=value overrides, e.g. n_cases=16")
   ev.set_defaults(run=_eval)
+
+  tr = sub.add_parser("train", help="train (or resume training) from a YAML or gin config")
+  tr.add_argument("config", help="YAML or .gin file with TrainConfig fields")
+  tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 lr=1e-4")
+  tr.set_defaults(run=_train)
 
   gen = sub.add_parser("generate", help="generate text under a KV budget")
   gen.add_argument("prompt")

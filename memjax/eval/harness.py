@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pathlib
 import time
 from typing import Any
 
@@ -9,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from memjax.cache.policies import get_policy
+from memjax.config import config_to_dict
 from memjax.data import corpus, retrieval
 from memjax.eval.config import EvalConfig
 from memjax.eval.perplexity import budgeted_logprobs, perplexity
@@ -45,35 +49,85 @@ def _answer_cases(lm: LanguageModel, cases, policy: str, budget: int | None,
   return scores
 
 
-def retrieval_rows(lm: LanguageModel, cfg: EvalConfig, progress: bool = True) -> list[dict[str, Any]]:
+class RowLog:
+  """Finished result rows, appended to a JSONL file as they complete.
+
+  A rerun of the same settings (see `fingerprint`) reuses the rows already in the file, so
+  an interrupted evaluation resumes where it stopped, and a wider sweep reuses a narrower one.
+  """
+
+  def __init__(self, path: str | pathlib.Path | None, cfg: EvalConfig):
+    self.path = None if path is None else pathlib.Path(path)
+    self.fingerprint = fingerprint(cfg)
+    self.done: dict[tuple, dict[str, Any]] = {}
+    if self.path is not None and self.path.exists():
+      for line in self.path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row.get("fingerprint") == self.fingerprint:
+          self.done[_row_key(row)] = row
+
+  def add(self, row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row, fingerprint=self.fingerprint)
+    self.done[_row_key(row)] = row
+    if self.path is not None:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      with self.path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+def fingerprint(cfg: EvalConfig) -> str:
+  """Hash of the settings that change a row's value (not which rows are asked for)."""
+  settings = config_to_dict(cfg)
+  for field in ("policies", "budgets", "tasks", "context_tokens", "batch_size", "output_dir",
+                "name"):
+    settings.pop(field)
+  return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _row_key(row: dict[str, Any]) -> tuple:
+  return row["task"], row["context_tokens"], row["policy"], row["budget"]
+
+
+def retrieval_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog,
+                   progress: bool = True) -> list[dict[str, Any]]:
   """Accuracy rows for every (context length, task, policy, budget) of the config."""
   rows = []
   settings = _settings(cfg)
   jobs = [(n, task) for n in cfg.context_tokens for task in cfg.tasks]
   bar = tqdm(total=len(jobs) * len(settings), desc="policy x budget", disable=not progress)
   for context_tokens, task in jobs:
-    cases = retrieval.make_cases(task, cfg.n_cases, context_tokens, cfg.depths, lm.tokenizer,
-                                 cfg.seed, haystack=_haystack(cfg))
+    cases = None
     for policy, budget in settings:
-      slots = None if budget is None else budget_tokens(budget, context_tokens)
-      bar.set_postfix_str(f"{task} {context_tokens} {policy} {slots or 'full'}")
-      started = time.perf_counter()
-      scores = _answer_cases(lm, cases, policy, slots, cfg)
-      rows.append(dict(policy=policy, budget=budget, budget_tokens=slots, task=task,
-                       context_tokens=context_tokens, accuracy=float(np.mean(scores)),
-                       n=len(scores), seconds=round(time.perf_counter() - started, 1)))
+      key = (task, context_tokens, policy, budget)
+      if key not in log.done:
+        cases = cases or retrieval.make_cases(task, cfg.n_cases, context_tokens, cfg.depths,
+                                              lm.tokenizer, cfg.seed, haystack=_haystack(cfg))
+        slots = None if budget is None else budget_tokens(budget, context_tokens)
+        bar.set_postfix_str(f"{task} {context_tokens} {policy} {slots or 'full'}")
+        started = time.perf_counter()
+        scores = _answer_cases(lm, cases, policy, slots, cfg)
+        log.add(dict(policy=policy, budget=budget, budget_tokens=slots, task=task,
+                     context_tokens=context_tokens, accuracy=float(np.mean(scores)),
+                     n=len(scores), seconds=round(time.perf_counter() - started, 1)))
+      rows.append(log.done[key])
       bar.update()
   bar.close()
   return rows
 
 
-def perplexity_rows(lm: LanguageModel, cfg: EvalConfig, progress: bool = True) -> list[dict[str, Any]]:
+def perplexity_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog,
+                    progress: bool = True) -> list[dict[str, Any]]:
   """Held-out perplexity for every (policy, budget), budgets relative to the window length."""
   text = corpus.load_corpus("heldout", cfg.corpus or None)
   windows = corpus.heldout_windows(lm.tokenizer, cfg.ppl_windows, cfg.ppl_window_tokens,
                                    cfg.seed, text=text)
   rows = []
   for policy, budget in tqdm(_settings(cfg), desc="perplexity", disable=not progress):
+    key = ("perplexity", cfg.ppl_window_tokens, policy, budget)
+    if key in log.done:
+      rows.append(log.done[key])
+      continue
     pol = get_policy(policy)
     slots = None if budget is None else budget_tokens(budget, cfg.ppl_window_tokens)
     per_layer = resolve_budgets(lm.cfg, pol, slots, cfg.ppl_window_tokens, cfg.budget_schedule)
@@ -81,9 +135,9 @@ def perplexity_rows(lm: LanguageModel, cfg: EvalConfig, progress: bool = True) -
         budgeted_logprobs(lm.params, lm.cfg, windows[i:i + cfg.batch_size], pol, per_layer,
                           cfg.ppl_chunk)[0]
         for i in range(0, len(windows), cfg.batch_size)])
-    rows.append(dict(policy=policy, budget=budget, budget_tokens=slots, task="perplexity",
-                     context_tokens=cfg.ppl_window_tokens, perplexity=perplexity(logprobs),
-                     n=int(logprobs.size)))
+    rows.append(log.add(dict(policy=policy, budget=budget, budget_tokens=slots,
+                             task="perplexity", context_tokens=cfg.ppl_window_tokens,
+                             perplexity=perplexity(logprobs), n=int(logprobs.size))))
   return rows
 
 
@@ -91,11 +145,17 @@ def _haystack(cfg: EvalConfig) -> str | None:
   return corpus.load_corpus("haystack", cfg.corpus) if cfg.corpus else None
 
 
-def evaluate(cfg: EvalConfig, lm: LanguageModel | None = None, progress: bool = True) -> list[dict[str, Any]]:
-  """Run the whole evaluation of `cfg`; returns result rows (see memjax.eval.report)."""
+def evaluate(cfg: EvalConfig, lm: LanguageModel | None = None, progress: bool = True,
+             log_path: str | pathlib.Path | None = None) -> list[dict[str, Any]]:
+  """Run the whole evaluation of `cfg`; returns result rows (see memjax.eval.report).
+
+  With `log_path`, finished rows are appended there as JSON lines and rows already there
+  for the same settings are not computed again.
+  """
   from memjax.lm import load
+  log = RowLog(log_path, cfg)
   lm = lm or load(cfg.model, cfg.dtype)
-  rows = retrieval_rows(lm, cfg, progress)
+  rows = retrieval_rows(lm, cfg, log, progress)
   if cfg.perplexity:
-    rows += perplexity_rows(lm, cfg, progress)
+    rows += perplexity_rows(lm, cfg, log, progress)
   return rows
