@@ -8,7 +8,7 @@ import pytest
 
 from memjax.cache import budgets as budgets_lib
 from memjax.cache import kv_cache
-from memjax.cache.policies import get_policy, policy_names
+from memjax.cache.policies import get_policy, heuristic_policy_names
 from memjax.generation import generate, step
 from memjax.models import llama
 from memjax.eval.perplexity import budgeted_logprobs as chunked_logprobs
@@ -26,7 +26,7 @@ def full_logprobs(params, cfg, toks):
   return np.take_along_axis(np.asarray(logp)[:, :-1], toks[:, 1:, None], axis=-1)[..., 0]
 
 
-@pytest.mark.parametrize("name", policy_names())
+@pytest.mark.parametrize("name", heuristic_policy_names())
 def test_budget_at_least_length_is_full_attention(name):
   cfg, params = tiny_model()
   toks = tokens(0)
@@ -36,7 +36,8 @@ def test_budget_at_least_length_is_full_attention(name):
 
 
 @hypothesis.settings(max_examples=12, deadline=None)
-@hypothesis.given(name=st.sampled_from(policy_names()[1:]), budget=st.sampled_from([9, 12, 16]),
+@hypothesis.given(name=st.sampled_from(heuristic_policy_names()[1:]),
+                  budget=st.sampled_from([9, 12, 16]),
                   schedule=st.sampled_from(["uniform", "pyramid"]), seed=st.integers(0, 99),
                   length=st.integers(1, 45))
 def test_never_more_than_budget_and_clock_counts_tokens(name, budget, schedule, seed, length):

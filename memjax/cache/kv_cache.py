@@ -73,13 +73,15 @@ def init_cache(budgets: Sequence[int], batch: int, n_kv_heads: int, head_dim: in
 
 
 def candidates_of(cache: LayerCache, k_BxHkvxCxDh: jax.Array, v_BxHkvxCxDh: jax.Array,
-                  pos_BxHkvxC: jax.Array) -> LayerCache:
-  """The S + C candidates: cached slots followed by the chunk (fresh stats are zero)."""
+                  pos_BxHkvxC: jax.Array, stats_BxHkvxC: jax.Array | None = None) -> LayerCache:
+  """The S + C candidates: cached slots followed by the chunk (fresh stats zero unless given)."""
+  if stats_BxHkvxC is None:
+    stats_BxHkvxC = jnp.zeros(pos_BxHkvxC.shape, jnp.float32)
   return LayerCache(
       k=jnp.concatenate([cache.k, k_BxHkvxCxDh.astype(cache.k.dtype)], axis=2),
       v=jnp.concatenate([cache.v, v_BxHkvxCxDh.astype(cache.v.dtype)], axis=2),
       pos=jnp.concatenate([cache.pos, pos_BxHkvxC], axis=2),
-      stats=jnp.concatenate([cache.stats, jnp.zeros(pos_BxHkvxC.shape, jnp.float32)], axis=2))
+      stats=jnp.concatenate([cache.stats, stats_BxHkvxC.astype(jnp.float32)], axis=2))
 
 
 def keep_best(cands: LayerCache, scores_BxHkvxN: jax.Array, capacity: int) -> LayerCache:

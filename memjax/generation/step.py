@@ -21,6 +21,7 @@ from memjax.cache.kv_cache import LayerCache, ModelCache
 from memjax.cache.policies import Policy
 from memjax.models import llama
 from memjax.models.config import ModelConfig
+from memjax.retention import gate
 
 Output = Literal["last_logits", "target_logprobs"]
 
@@ -34,8 +35,13 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array):
     pos_BxHkvxC = jnp.broadcast_to(
         jnp.where(valid_BxC, positions_BxC, kv_cache.EMPTY)[:, None, :],
         (k.shape[0], n_kv, k.shape[1]))
+    fresh_stats_BxHkvxC = None
+    if policy.uses_retention_gate:
+      log_beta_BxCxHkv = gate.log_beta(gate.layer_gate(p, f"policy {policy.name!r}"), h)
+      fresh_stats_BxHkvxC = einops.rearrange(log_beta_BxCxHkv, "b c h -> b h c")
     cands = kv_cache.candidates_of(cache, einops.rearrange(k, "b c h d -> b h c d"),
-                                   einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC)
+                                   einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
+                                   fresh_stats_BxHkvxC)
     key_pos = cands.pos[:, :, None, :]
     mask_BxHkvxCxN = (key_pos >= 0) & (key_pos <= positions_BxC[:, None, :, None])
     out, probs = reference.attend(q, cands.k, cands.v, mask_BxHkvxCxN)

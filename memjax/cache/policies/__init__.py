@@ -9,6 +9,7 @@ from memjax.cache.policies.full import Full
 from memjax.cache.policies.h2o import H2O
 from memjax.cache.policies.keydiff import KeyDiff
 from memjax.cache.policies.knorm import KNorm
+from memjax.cache.policies.learned import Learned
 from memjax.cache.policies.random import Random
 from memjax.cache.policies.snapkv import SnapKV
 from memjax.cache.policies.streaming import Streaming
@@ -16,13 +17,19 @@ from memjax.cache.policies.tova import TOVA
 from memjax.cache.policies.window import Window
 
 REGISTRY: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (Full, Window, Streaming, H2O, TOVA, SnapKV, KeyDiff, KNorm, Random)
+    cls.name: cls
+    for cls in (Full, Window, Streaming, H2O, TOVA, SnapKV, KeyDiff, KNorm, Random, Learned)
 }
 
 
 def policy_names() -> list[str]:
   """Names of the registered policies."""
   return list(REGISTRY)
+
+
+def heuristic_policy_names() -> list[str]:
+  """Names of the registered policies that need no retention gates in the model params."""
+  return [name for name, cls in REGISTRY.items() if not cls.uses_retention_gate]
 
 
 def get_policy(name: str | Policy, **hyper) -> Policy:
@@ -40,4 +47,5 @@ def get_policy(name: str | Policy, **hyper) -> Policy:
   return cls(**hyper)
 
 
-__all__ = ["Candidates", "Policy", "REGISTRY", "get_policy", "policy_names"]
+__all__ = ["Candidates", "Policy", "REGISTRY", "get_policy", "heuristic_policy_names",
+           "policy_names"]

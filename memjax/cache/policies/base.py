@@ -3,7 +3,9 @@
 A policy is a frozen dataclass holding its hyper-parameters. `score` ranks the S + C
 candidate slots of one layer (higher = keep); protected slots score +inf. `observe`
 folds the chunk's attention probabilities into the per-slot statistics before scoring;
-policies that need no attention leave the statistics alone.
+policies that need no attention leave the statistics alone. Fresh tokens start with zero
+statistics, or, for a policy with `uses_retention_gate`, with the log β of the layer's
+retention gate (the params must then carry gates).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Policy:
 
   name: ClassVar[str] = ""
   needs_attention: ClassVar[bool] = False
+  uses_retention_gate: ClassVar[bool] = False
 
   def protected_slots(self, capacity: int) -> int:
     """Slots this policy always keeps (sinks, recent window); must be < capacity."""
