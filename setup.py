@@ -26,6 +26,8 @@ setup(
         "tokenizers>=0.20",
         "matplotlib>=3.8",
         "tqdm>=4.66",
+        "gin-config>=0.5",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         # The reference oracle for parity tests only; the library never imports torch.

@@ -71,7 +71,7 @@ def test_load_corpus_user_files_and_errors(tmp_path):
   with pytest.raises(ValueError, match="empty"):
     load_corpus(paths=[str(empty)])
   with pytest.raises(ValueError, match="haystack"):
-    load_corpus("train")
+    load_corpus("validation")
 
 
 def test_sentence_starts_skip_abbreviations_and_find_paragraphs():

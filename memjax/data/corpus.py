@@ -9,10 +9,12 @@ import numpy as np
 
 CORPUS_DIR = pathlib.Path(__file__).parent / "corpus"
 
-# Each split is a different work, so perplexity is never measured on haystack text.
+# Each split is a different work, so perplexity is never measured on haystack text and
+# training never sees either of them.
 SPLIT_FILES = {
     "haystack": "persuasion.txt",
     "heldout": "northanger_abbey.txt",
+    "train": "emma.txt",
 }
 
 
@@ -27,7 +29,7 @@ class TokenizerLike(Protocol):
 
 
 def load_corpus(split: str = "haystack", paths: Sequence[str] | None = None) -> str:
-  """Prose text for evaluation contexts ("haystack") or perplexity ("heldout").
+  """Prose for evaluation contexts ("haystack"), perplexity ("heldout") or training ("train").
 
   Args:
     split: which shipped work to read; ignored when `paths` is given.

@@ -1,0 +1,234 @@
+"""Training batches: packed prose mixed with synthetic retrieval and recall sequences.
+
+Batch i is a pure function of (seed, i), so a run resumes exactly from a saved position.
+Each row is, at the configured rates, one of:
+
+  prose:     seq_len consecutive tokens of the corpus; windows are visited in a seeded
+             random order, a new order each epoch.
+  retrieval: prose with 1-4 facts hidden at sentence boundaries, then a question about one
+             of them and its answer:
+               ... Remember: the locker number assigned to Wilhelmina Crane is 4821. ...
+               Q: Which locker number was assigned to Wilhelmina Crane?
+               A: The locker number assigned to Wilhelmina Crane is 4821.
+  recall:    prose with a span of other prose to memorize at a sentence boundary, then the
+             span recited at the end:
+               ... Memorize these words: <span> (end of words) ...
+               Recite the words you memorized: <span>
+
+The synthetic sequences share nothing with the evaluation tasks of memjax.data.retrieval:
+other names (not even a first or last name in common), other sentence templates, 4-digit
+values instead of 5-digit codes, and, by default, prose from the "train" split.
+Every row has exactly seq_len tokens; pieces are tokenized separately and concatenated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from memjax.data.corpus import TokenizerLike
+from memjax.data.sentences import sentence_starts
+
+PROSE, RETRIEVAL, RECALL = 0, 1, 2
+
+TRAIN_NAMES = (
+    "Wilhelmina Crane", "Barnaby Quist", "Cordelia Voss", "Ezekiel Thrupp", "Lucinda Marrow",
+    "Ambrose Kettle", "Philippa Dunmore", "Casimir Hale", "Rosamund Tull", "Gideon Farrow",
+    "Hermione Bligh", "Lysander Gotch", "Millicent Dray", "Octavius Brine", "Perpetua Lowe",
+    "Quentin Sallow", "Seraphina Birch", "Thaddeus Mole", "Ursula Fenwick", "Valentine Orme",
+    "Winifred Slade", "Xavier Moss", "Ysolde Pratt", "Zebedee Flint", "Agatha Crowe",
+    "Bartholomew Finch", "Clementine Roe", "Desmond Lusk", "Eulalia Grey", "Florian Keble",
+    "Griselda Stokes", "Horatio Pell", "Imogen Tarrant", "Jasper Wilde", "Kezia Marlow",
+    "Leopold Nance", "Mabel Quarles", "Nathaniel Cray", "Orla Bexley", "Percival Dunne",
+)
+ATTRIBUTES = ("locker number", "room number", "ticket number", "parcel number", "seat number")
+FACT = " Remember: the {attribute} assigned to {name} is {value}."
+QUESTION = ("\n\nQ: Which {attribute} was assigned to {name}?\n"
+            "A: The {attribute} assigned to {name} is {value}.")
+MEMORIZE = (" Memorize these words:", " (end of words)")
+RECITE = "\n\nRecite the words you memorized:"
+MAX_FACTS = 4
+RECALL_SPAN = (8, 32)  # tokens of a recall span, inclusive range
+MIN_PROSE_FRACTION = 0.25  # of seq_len, in every synthetic row
+_ROW_STREAM, _ORDER_STREAM = 0, 1  # keep the random streams of rows and window orders apart
+
+
+class ByteTokenizer:
+  """UTF-8 bytes as token ids (vocabulary 256), for tiny test models."""
+
+  vocab_size = 256
+
+  def encode(self, text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+class TrainData:
+  """Batches {"tokens": int32 [B, T], "kind": int32 [B]} (PROSE, RETRIEVAL or RECALL).
+
+  Args:
+    tokenizer: has `encode` and `decode`; special tokens it adds around every text are
+      dropped from the pieces.
+    text: prose to pack and to hide facts in (paragraphs separated by blank lines).
+    seq_len: T, tokens per row.
+    batch_size: B, rows per batch.
+    seed: with the batch index, fixes every row.
+    synthetic_fraction: probability that a row is synthetic.
+    recall_fraction: probability that a synthetic row is recall rather than retrieval.
+
+  Raises:
+    ValueError: text too short for one row, or seq_len too short for the synthetic rows
+      (the message gives the minimum).
+  """
+
+  def __init__(self, tokenizer: TokenizerLike, text: str, seq_len: int, batch_size: int,
+               seed: int, synthetic_fraction: float = 0.5, recall_fraction: float = 0.5):
+    self.tokenizer, self.seq_len, self.batch_size = tokenizer, seq_len, batch_size
+    self.seed = seed
+    self.synthetic_fraction, self.recall_fraction = synthetic_fraction, recall_fraction
+    self._encode = _bare_encoder(tokenizer)
+    self.ids, self.starts = _tokenize_sentences(text, self._encode)
+    self.n_windows = len(self.ids) // seq_len
+    self._cached_order: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
+    if self.n_windows < 1:
+      raise ValueError(f"the corpus has {len(self.ids)} tokens, fewer than seq_len={seq_len}; "
+                       "give a longer corpus or lower seq_len")
+    if synthetic_fraction > 0:
+      self._max_facts, self._max_span = self._synthetic_limits()
+
+  def iterator(self, position: int = 0) -> BatchIterator:
+    """Batches `position`, `position + 1`, ..."""
+    return BatchIterator(self, position)
+
+  def batch(self, index: int) -> dict[str, np.ndarray]:
+    """Batch number `index` (0-based); the same for the same seed and index."""
+    rows = [self._row(index, r) for r in range(self.batch_size)]
+    return {"tokens": np.stack([tokens for tokens, _ in rows]),
+            "kind": np.array([kind for _, kind in rows], np.int32)}
+
+  def _row(self, index: int, r: int) -> tuple[np.ndarray, int]:
+    rng = np.random.default_rng([self.seed, _ROW_STREAM, index, r])
+    if rng.random() >= self.synthetic_fraction:
+      return self._prose(index * self.batch_size + r), PROSE
+    if rng.random() < self.recall_fraction:
+      return self._recall(rng), RECALL
+    return self._retrieval(rng), RETRIEVAL
+
+  def _prose(self, g: int) -> np.ndarray:
+    """The g-th prose window in the seeded order (epoch g // n_windows)."""
+    epoch, offset = divmod(g, self.n_windows)
+    window = self._order(epoch)[offset]
+    return self.ids[window * self.seq_len:(window + 1) * self.seq_len]
+
+  def _order(self, epoch: int) -> np.ndarray:
+    """The seeded order of the prose windows in `epoch` (the last one is cached)."""
+    if self._cached_order[0] != epoch:
+      rng = np.random.default_rng([self.seed, _ORDER_STREAM, epoch])
+      self._cached_order = (epoch, rng.permutation(self.n_windows))
+    return self._cached_order[1]
+
+  def _retrieval(self, rng: np.random.Generator) -> np.ndarray:
+    k = int(rng.integers(1, self._max_facts + 1))
+    names = [TRAIN_NAMES[i] for i in rng.choice(len(TRAIN_NAMES), k, replace=False)]
+    values = [str(v) for v in rng.choice(np.arange(1000, 10_000), k, replace=False)]
+    attributes = [ATTRIBUTES[i] for i in rng.integers(len(ATTRIBUTES), size=k)]
+    facts = [self._encode(FACT.format(attribute=a, name=n, value=v))
+             for a, n, v in zip(attributes, names, values)]
+    asked = int(rng.integers(k))
+    tail = self._encode(QUESTION.format(attribute=attributes[asked], name=names[asked],
+                                        value=values[asked]))
+    return self._compose(rng, facts, tail)
+
+  def _recall(self, rng: np.random.Generator) -> np.ndarray:
+    n = int(rng.integers(RECALL_SPAN[0], self._max_span + 1))
+    first = int(rng.integers(np.searchsorted(self.starts, len(self.ids) - n, "right")))
+    span = self.ids[self.starts[first]:self.starts[first] + n]
+    memorize = np.concatenate([self._encode(MEMORIZE[0]), span, self._encode(MEMORIZE[1])])
+    return self._compose(rng, [memorize], np.concatenate([self._encode(RECITE), span]))
+
+  def _compose(self, rng: np.random.Generator, inserts: list[np.ndarray],
+               tail: np.ndarray) -> np.ndarray:
+    """Prose from a random sentence start with `inserts` at sentence boundaries, then `tail`."""
+    budget = self.seq_len - sum(len(x) for x in inserts) - len(tail)
+    start = self.starts[rng.integers(np.searchsorted(self.starts, len(self.ids) - budget, "right"))]
+    lo, hi = np.searchsorted(self.starts, [start, start + budget], "left")
+    cuts = np.sort(rng.choice(np.append(self.starts[lo:hi], start + budget), len(inserts))) - start
+    prose = self.ids[start:start + budget]
+    pieces, last = [], 0
+    for cut, insert in zip(cuts, inserts):
+      pieces += [prose[last:cut], insert]
+      last = cut
+    return np.concatenate(pieces + [prose[last:], tail]).astype(np.int32)
+
+  def _synthetic_limits(self) -> tuple[int, int]:
+    """(most facts per retrieval row, longest recall span) that leave enough prose."""
+    value = "8888"
+    longest = lambda template, **kw: max(
+        len(self._encode(template.format(attribute=a, name=n, value=value, **kw)))
+        for a in ATTRIBUTES for n in TRAIN_NAMES)
+    room = self.seq_len - int(MIN_PROSE_FRACTION * self.seq_len)
+    # +4: another 4-digit value may take up to 4 more tokens than "8888".
+    fact, question = longest(FACT) + 4, longest(QUESTION) + 4
+    max_facts = min(MAX_FACTS, (room - question) // fact)
+    overhead = sum(len(self._encode(s)) for s in (*MEMORIZE, RECITE))
+    max_span = min(RECALL_SPAN[1], (room - overhead) // 2)
+    if max_facts < 1 or max_span < RECALL_SPAN[0]:
+      need = max(fact + question, overhead + 2 * RECALL_SPAN[0])
+      raise ValueError(
+          f"seq_len={self.seq_len} is too short for synthetic sequences: they need about "
+          f"{int(need / (1 - MIN_PROSE_FRACTION)) + 1} tokens; raise seq_len or set "
+          "synthetic_fraction=0")
+    return max_facts, max_span
+
+
+class BatchIterator(Iterator[dict[str, np.ndarray]]):
+  """Consecutive batches of a TrainData; `get_state` / `set_state` save and restore it."""
+
+  def __init__(self, data: TrainData, position: int = 0):
+    self.data, self.position = data, position
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = self.data.batch(self.position)
+    self.position += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    """JSON-able state: the index of the next batch."""
+    return {"position": self.position}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self.position = int(state["position"])
+
+
+def _bare_encoder(tokenizer: TokenizerLike):
+  """`encode` without the special tokens the tokenizer adds around every text, as int32."""
+  empty, probe = tokenizer.encode(""), tokenizer.encode("a")
+  head = next((i for i, (e, p) in enumerate(zip(empty, probe)) if e != p), len(empty))
+  tail = len(empty) - head
+
+  def encode(text: str) -> np.ndarray:
+    ids = tokenizer.encode(text)
+    return np.asarray(ids[head:len(ids) - tail], np.int32)
+
+  return encode
+
+
+def _tokenize_sentences(text: str, encode) -> tuple[np.ndarray, np.ndarray]:
+  """Token ids of `text` and the token offsets where its sentences start.
+
+  Each sentence is encoded with the whitespace before it (" She said", "\\n\\nChapter"),
+  the way BPE tokenizers split running text.
+  """
+  cuts = [0]
+  for s in sentence_starts(text)[1:]:
+    while s > cuts[-1] and text[s - 1].isspace():
+      s -= 1
+    cuts.append(s)
+  cuts.append(len(text))
+  pieces = [encode(text[a:b]) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+  lengths = np.array([len(p) for p in pieces])
+  starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[lengths > 0]
+  return np.concatenate(pieces).astype(np.int32), starts.astype(np.int64)

@@ -1,0 +1,153 @@
+"""Training methods: a name -> how to extend the model's params and which loss to minimise.
+
+A method is a `Method(new_params, default_trainable, make_loss)`. The trainer adds the
+params that `new_params` creates to the model's, partitions the result into a trainable part
+(the paths selected by `cfg.method.trainable`, or else by `default_trainable`) and a frozen
+part, and minimises `make_loss(model_cfg, cfg)(trainable, frozen, batch, rng)`. A new method
+is one Method and one line in METHODS.
+
+  next_token: plain next-token fine-tuning of a chosen subset of the model (default: all
+    layers); for tests and for sanity checks of the trainer.
+  trim_kv:    TRIM-KV retention gates (memjax.retention) added under "layers/gate" and
+    trained alone against the frozen model, with the settings of cfg.method.trim_kv.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from memjax.attention import reference
+from memjax.models import llama
+from memjax.models.config import ModelConfig
+from memjax.retention import add_gates, init_gate_params, trimkv_loss
+from memjax.train.config import TrainConfig
+from memjax.train.partition import Params, leaf_paths, merge
+
+Batch = dict[str, jax.Array]
+# loss_fn(trainable, frozen, batch, rng) -> (scalar loss, {metric name: scalar}); batch
+# leaves are [micro_batch, ...] (e.g. "tokens": int32 [B, T]).
+LossFn = Callable[[Params, Params, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """How one training method sets up its parameters and its loss.
+
+  Attributes:
+    new_params: (model_cfg, cfg, key) -> the params the method adds to the model, as a
+      nested dict merged into the model's (e.g. {"layers": {"gate": ...}}); {} for none.
+      It runs under jit.
+    default_trainable: path patterns that train when `cfg.method.trainable` is empty.
+    make_loss: (model_cfg, cfg) -> loss_fn; cfg carries remat, compute_dtype and the
+      method's own section (e.g. cfg.method.trim_kv).
+  """
+
+  new_params: Callable[[ModelConfig, TrainConfig, jax.Array], Params]
+  default_trainable: tuple[str, ...]
+  make_loss: Callable[[ModelConfig, TrainConfig], LossFn]
+
+
+def get_method(name: str) -> Method:
+  """The method registered as `name`.
+
+  Raises:
+    ValueError: unknown name (the message suggests the nearest one).
+  """
+  if name not in METHODS:
+    close = difflib.get_close_matches(name, list(METHODS), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known methods: {sorted(METHODS)}"
+    raise ValueError(f"unknown training method {name!r}; {hint}")
+  return METHODS[name]
+
+
+def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig,
+            remat: bool = False) -> jax.Array:
+  """Full causal attention over the sequence: float32 logits [B, T, V].
+
+  The same function as `llama.forward`; with `remat` each layer's activations are
+  recomputed in the backward pass instead of stored.
+  """
+  b, t = tokens_BxT.shape
+  positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  mask = reference.causal_mask(positions_BxT)
+
+  def mix(p, h, q, k, v, positions, state):
+    out, _ = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
+    return out, state
+
+  def layer(x, p):
+    return llama.block(p, x, positions_BxT, None, mix, cfg)
+
+  x, _ = jax.lax.scan(jax.checkpoint(layer) if remat else layer,
+                      llama.embed(params, tokens_BxT, cfg), params["layers"])
+  return llama.unembed(params, x, cfg)
+
+
+def next_token_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
+  """Mean next-token cross-entropy over every position of batch["tokens"] [B, T].
+
+  Metrics: "accuracy", the share of positions whose most likely token is the next one.
+  """
+  compute_cfg = dataclasses.replace(model_cfg, dtype=cfg.compute_dtype)
+
+  def loss_fn(trainable: Params, frozen: Params, batch: Batch, rng: jax.Array):
+    del rng  # deterministic
+    params = llama.cast_params(merge(trainable, frozen), compute_cfg)
+    tokens = batch["tokens"]
+    logits = forward(params, tokens[:, :-1], compute_cfg, cfg.remat)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    target_logp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == tokens[:, 1:])
+    return -jnp.mean(target_logp), {"accuracy": accuracy}
+
+  return loss_fn
+
+
+def trim_kv_gates(model_cfg: ModelConfig, cfg: TrainConfig, key: jax.Array) -> Params:
+  """Fresh float32 retention gates under "layers/gate" (settings from cfg.method.trim_kv)."""
+  settings = cfg.method.trim_kv
+  gates = init_gate_params(model_cfg, settings.gate_hidden, key, settings.gate_bias_init)
+  return add_gates({"layers": {}}, gates)
+
+
+def trim_kv_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
+  """`memjax.retention.trimkv_loss` of the gates on batch["tokens"], settings from cfg.
+
+  Metrics: "ce", "kl" and "capacity" (unweighted).
+  """
+  compute_cfg = dataclasses.replace(model_cfg, dtype=cfg.compute_dtype)
+  settings = cfg.method.trim_kv
+
+  def loss_fn(trainable: Params, frozen: Params, batch: Batch, rng: jax.Array):
+    del rng  # deterministic
+    if set(trainable) != {"layers"} or set(trainable["layers"]) != {"gate"}:
+      raise ValueError(f"trim_kv trains the gates alone, not {leaf_paths(trainable)}; leave "
+                       "method.trainable empty (or set it to [layers/gate])")
+    return trimkv_loss(
+        trainable["layers"]["gate"], llama.cast_params(frozen, compute_cfg), batch["tokens"],
+        compute_cfg, memory_M=settings.memory_M,
+        weights=(settings.ce_weight, settings.kl_weight, settings.capacity_weight),
+        impl=settings.attention, block=settings.block, remat=cfg.remat)
+
+  return loss_fn
+
+
+NEXT_TOKEN = Method(
+    new_params=lambda model_cfg, cfg, key: {},
+    default_trainable=("layers",),
+    make_loss=next_token_loss,
+)
+
+TRIM_KV = Method(
+    new_params=trim_kv_gates,
+    default_trainable=("layers/gate",),
+    make_loss=trim_kv_loss,
+)
+
+METHODS: dict[str, Method] = {"next_token": NEXT_TOKEN, "trim_kv": TRIM_KV}
+

@@ -1,0 +1,79 @@
+"""A whole training run from a TrainConfig: model, method, data, then the trainer."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+
+from memjax.config import dump_config
+from memjax.data.corpus import TokenizerLike, load_corpus
+from memjax.models import llama
+from memjax.models.config import ModelConfig, tiny_config
+from memjax.train.config import TrainConfig
+from memjax.train.data import ByteTokenizer, TrainData
+from memjax.train.methods import get_method
+from memjax.train.partition import Params, merge, partition
+from memjax.train.trainer import TrainState, train
+
+TINY_MODEL = "tiny"
+# One compiled program (cached on disk by the CLI) instead of one per eager op.
+_init_params = jax.jit(llama.init_params, static_argnums=0)
+
+
+def build_model(cfg: TrainConfig, key: jax.Array) -> tuple[ModelConfig, Params, TokenizerLike]:
+  """(model config, params, tokenizer) named by cfg.model, params stored in cfg.dtype.
+
+  "tiny" is a random 2-layer model over UTF-8 bytes drawn with `key`; any other name or
+  path goes to `memjax.io.load_checkpoint`.
+
+  Raises:
+    ValueError: cfg.seq_len exceeds the model's positions, or the model has no tokenizer.
+  """
+  if cfg.model == TINY_MODEL:
+    model_cfg = tiny_config(vocab_size=ByteTokenizer.vocab_size,
+                            max_positions=max(cfg.seq_len, 256), dtype=cfg.dtype)
+    params = _init_params(model_cfg, key)
+    tokenizer = ByteTokenizer()
+  else:
+    from memjax.io import load_checkpoint
+    model_cfg, params, tokenizer = load_checkpoint(cfg.model, cfg.dtype)
+    if tokenizer is None:
+      raise ValueError(f"model {cfg.model!r} has no tokenizer.json; training needs one")
+    params = llama.cast_params(params, model_cfg)
+  if cfg.seq_len > model_cfg.max_positions:
+    raise ValueError(f"seq_len={cfg.seq_len} exceeds the {model_cfg.max_positions} positions "
+                     f"of model {cfg.model!r}; lower seq_len")
+  return model_cfg, params, tokenizer
+
+
+def setup(cfg: TrainConfig):
+  """(loss_fn, trainable, frozen, data) of a run, before any training.
+
+  The method's new params (if any) join the model's; the paths selected by
+  cfg.method.trainable (or the method's default) train, in float32. Random inits draw
+  from cfg.seed with the "rbg" generator, which compiles several times faster than the
+  default one on CPU.
+  """
+  method = get_method(cfg.method.name)
+  model_key, method_key = jax.random.split(jax.random.key(cfg.seed, impl="rbg"))
+  model_cfg, params, tokenizer = build_model(cfg, model_key)
+  added = jax.jit(lambda key: method.new_params(model_cfg, cfg, key))(method_key)
+  trainable, frozen = partition(merge(added, params),
+                                cfg.method.trainable or method.default_trainable)
+  trainable = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), trainable)
+  data = TrainData(tokenizer, load_corpus("train", cfg.corpus or None), cfg.seq_len,
+                   cfg.batch_size, cfg.seed, cfg.synthetic_fraction, cfg.recall_fraction)
+  return method.make_loss(model_cfg, cfg), trainable, frozen, data
+
+
+def run(cfg: TrainConfig, progress: bool = False) -> TrainState:
+  """Train as configured (resuming from cfg's checkpoints if any); the final state.
+
+  Also writes the config to `cfg.output_dir`/config.yaml.
+  """
+  loss_fn, trainable, frozen, data = setup(cfg)
+  dump_config(cfg, str(pathlib.Path(cfg.output_dir) / "config.yaml"))
+  return train(cfg, loss_fn, trainable, frozen, data.iterator(), progress=progress)
+

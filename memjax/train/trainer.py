@@ -1,0 +1,191 @@
+"""The training loop, generic over the loss: jitted steps, checkpoints, logs, NaN guard.
+
+Only the trainable params are optimised: the optimiser is built on the trainable part
+alone, so frozen weights have no optimiser state (and no gradients). Frozen params are
+passed to every step as an argument, never copied into the state or the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, NamedTuple, Protocol
+
+import einops
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from memjax.train.checkpoint import Checkpointer
+from memjax.train.config import TrainConfig
+from memjax.train.methods import Batch, LossFn
+from memjax.train.metrics import MetricsLogger, ProgressBar
+from memjax.train.partition import Params
+
+RESERVED_METRICS = ("loss", "grad_norm", "lr")
+
+
+class TrainState(NamedTuple):
+  """Everything a step changes (and a checkpoint holds).
+
+  Attributes:
+    step: int32 [], optimiser steps taken.
+    trainable: the trainable params (float32).
+    opt_state: optax state of the trainable params only.
+    rng: uint32 [2], key split once per step; the step's key goes to the loss.
+  """
+
+  step: jax.Array
+  trainable: Params
+  opt_state: optax.OptState
+  rng: jax.Array
+
+
+class ResumableIterator(Protocol):
+  """A batch iterator whose position can be saved (JSON-able) and restored."""
+
+  def __next__(self) -> dict[str, np.ndarray]: ...
+
+  def get_state(self) -> dict[str, Any]: ...
+
+  def set_state(self, state: dict[str, Any]) -> None: ...
+
+
+class NonFiniteLossError(ValueError):
+  """A step gave a NaN or infinite loss or metric; training stopped without saving it."""
+
+
+def make_optimizer(cfg: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with linear warm-up to cfg.lr then cosine decay to cfg.end_lr, after clipping."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
+      decay_steps=cfg.steps, end_value=cfg.end_lr)
+  adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+  if cfg.clip_norm is None:
+    return adamw, schedule
+  return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw), schedule
+
+
+def init_state(trainable: Params, optimizer: optax.GradientTransformation,
+               seed: int) -> TrainState:
+  """Step 0: a copy of the trainable params, fresh optimiser state, rng from `seed`.
+
+  The copy keeps the caller's arrays alive when the train step donates the state. One
+  jitted program builds it all (eager ops would compile one program each).
+  """
+  def init(trainable: Params, seed: jax.Array) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                      opt_state=optimizer.init(trainable), rng=jax.random.PRNGKey(seed))
+
+  return jax.jit(init)(trainable, seed)
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                    grad_accum: int, schedule: optax.Schedule | None = None):
+  """A jitted `step(state, frozen, batch) -> (state, metrics)`; `state` is donated.
+
+  The batch's leaves [B, ...] are split into `grad_accum` micro-batches [B / grad_accum, ...]
+  that a `lax.scan` runs one after another; the step uses the mean of their gradients, so
+  it equals one step on the whole batch when the loss is a mean over equal-sized rows.
+  Micro-batch i gets key i of a split of the step's key.
+
+  Metrics (float32 scalars): "loss" and the loss_fn's metrics, averaged over micro-batches;
+  "grad_norm", the global norm of the averaged gradient before clipping; "lr", the learning
+  rate of this step (when `schedule` is given).
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state: TrainState, frozen: Params, batch: Batch):
+    rng, step_rng = jax.random.split(state.rng)
+    micro = jax.tree.map(
+        lambda x: einops.rearrange(x, "(k b) ... -> k b ...", k=grad_accum), batch)
+
+    def accumulate(grad_sum, xs):
+      micro_batch, key = xs
+      (loss, metrics), grads = grad_fn(state.trainable, frozen, micro_batch, key)
+      reserved = sorted(set(metrics) & set(RESERVED_METRICS))
+      if reserved:
+        raise ValueError(f"the loss function's metrics use reserved names {reserved}; "
+                         "rename them")
+      return jax.tree.map(jnp.add, grad_sum, grads), {"loss": loss, **metrics}
+
+    zeros = jax.tree.map(jnp.zeros_like, state.trainable)
+    grad_sum, metrics = jax.lax.scan(accumulate, zeros,
+                                     (micro, jax.random.split(step_rng, grad_accum)))
+    grads = jax.tree.map(lambda g: g / grad_accum, grad_sum)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+    metrics = {name: jnp.mean(value.astype(jnp.float32)) for name, value in metrics.items()}
+    metrics["grad_norm"] = optax.global_norm(grads)
+    if schedule is not None:
+      metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+    new_state = TrainState(step=state.step + 1,
+                           trainable=optax.apply_updates(state.trainable, updates),
+                           opt_state=opt_state, rng=rng)
+    return new_state, metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def train(cfg: TrainConfig, loss_fn: LossFn, trainable: Params, frozen: Params,
+          batches: ResumableIterator, progress: bool = False) -> TrainState:
+  """Train until cfg.steps, resuming from the newest checkpoint in cfg.checkpoint_path.
+
+  Saves every cfg.save_every steps and at the last step (keeping cfg.keep), logs mean
+  metrics every cfg.log_every steps to `cfg.output_dir`/metrics.jsonl and TensorBoard.
+
+  Args:
+    cfg: the run's settings.
+    loss_fn: `loss_fn(trainable, frozen, batch, rng) -> (loss, metrics)`.
+    trainable: initial trainable params (ignored when resuming); keep them in float32.
+    frozen: the other params; they are an argument of every step and never change.
+    batches: yields batches with leading axis cfg.batch_size; its position is checkpointed.
+    progress: show a progress bar with loss, metrics and tokens/s.
+
+  Returns:
+    The final state.
+
+  Raises:
+    NonFiniteLossError: a step's loss, metrics or gradient norm was NaN or infinite; the
+      message names the step and the metrics, and the newest checkpoint is the last good one.
+  """
+  optimizer, schedule = make_optimizer(cfg)
+  state = init_state(trainable, optimizer, cfg.seed)
+  checkpointer = Checkpointer(cfg.checkpoint_path, cfg.keep)
+  try:
+    if checkpointer.latest_step() is not None:
+      state, data_state = checkpointer.restore(state)
+      batches.set_state(data_state)
+    start = int(state.step)
+    train_step = make_train_step(loss_fn, optimizer, cfg.grad_accum, schedule)
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    with MetricsLogger(cfg.output_dir, cfg.log_every, start) as logger, \
+        ProgressBar(start, cfg.steps, enabled=progress) as bar:
+      for step in range(start + 1, cfg.steps + 1):
+        tick = time.perf_counter()
+        state, metrics = train_step(state, frozen, next(batches))
+        values = {name: float(value) for name, value in jax.device_get(metrics).items()}
+        bad = sorted((name for name, value in values.items() if not math.isfinite(value)),
+                     key=lambda name: (name != "loss", name))
+        if bad:
+          checkpointer.wait()
+          raise NonFiniteLossError(_non_finite_message(step, bad, values, checkpointer))
+        values["tokens_per_s"] = tokens_per_step / (time.perf_counter() - tick)
+        logger.log(step, values, final=step == cfg.steps)
+        bar.update(values)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+          checkpointer.save(step, state, batches.get_state())
+    checkpointer.wait()
+  finally:
+    checkpointer.close()
+  return state
+
+
+def _non_finite_message(step: int, bad: list[str], values: dict[str, float],
+                        checkpointer: Checkpointer) -> str:
+  shown = ", ".join(f"{name}={values[name]}" for name in bad)
+  last = checkpointer.latest_step()
+  kept = (f"the last good checkpoint is step {last} in {checkpointer.directory}"
+          if last is not None else "no checkpoint was saved before it")
+  return (f"training stopped at step {step}: non-finite {', '.join(bad)} ({shown}); {kept}. "
+          "Resume from it with a lower lr, stronger clip_norm or float32 compute.")
