@@ -24,7 +24,7 @@ from memjax.models.config import tiny_config
 from memjax.train import (MethodConfig, NonFiniteLossError, TrainConfig, TrimKVConfig,
                           build_model, init_state, load_state, load_train_config, load_trainable,
                           make_optimizer, make_train_step, merge, partition, run, setup, train)
-from memjax.train.methods import forward, next_token_loss
+from memjax.train.methods import next_token_loss
 from memjax.train.metrics import read_jsonl
 from memjax.train.partition import leaf_paths
 
@@ -205,11 +205,18 @@ def test_remat_recomputes_each_layer_in_the_backward_pass():
     assert ("remat" in str(jaxpr)) == remat
 
 
-def test_training_forward_is_the_model_forward():
+def test_remat_forward_gives_the_same_logits_and_gradients():
   model_cfg, params, batch = _tiny_model()
-  logits, expected = jax.jit(lambda p, t: (forward(p, t, model_cfg),
-                                           llama.forward(p, t, model_cfg)))(params, batch["tokens"])
-  assert np.linalg.norm(logits - expected) <= 1e-6 * np.linalg.norm(expected)
+  tokens = batch["tokens"]
+
+  def loss(p, remat):
+    return jnp.mean(llama.forward(p, tokens, model_cfg, remat) ** 2)
+
+  plain, remat = (jax.jit(jax.value_and_grad(lambda p, r=r: loss(p, r)))(params)
+                  for r in (False, True))
+  np.testing.assert_allclose(plain[0], remat[0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(remat[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 @pytest.fixture(scope="module")

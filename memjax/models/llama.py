@@ -107,16 +107,17 @@ def unembed(params: Params, x_BxTxD: jax.Array, cfg: ModelConfig) -> jax.Array:
 
 
 def run_layers(layers: Params, x_BxTxD: jax.Array, positions_BxT: jax.Array, states: Any,
-               mix: Mixer, cfg: ModelConfig) -> tuple[jax.Array, Any]:
+               mix: Mixer, cfg: ModelConfig, remat: bool = False) -> tuple[jax.Array, Any]:
   """Scan the blocks whose stacked params are `layers` (leading axis = layer).
 
-  `states` is stacked the same way (or None) and is returned updated.
+  `states` is stacked the same way (or None) and is returned updated. With `remat`, each
+  block's activations are recomputed in the backward pass instead of stored.
   """
   def step(x, layer):
     p, state = layer
     return block(p, x, positions_BxT, state, mix, cfg)
 
-  return jax.lax.scan(step, x_BxTxD, (layers, states))
+  return jax.lax.scan(jax.checkpoint(step) if remat else step, x_BxTxD, (layers, states))
 
 
 def _full_causal_mix(p, h, q, k, v, positions_BxT, state):
@@ -126,10 +127,11 @@ def _full_causal_mix(p, h, q, k, v, positions_BxT, state):
   return out, state
 
 
-def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig) -> jax.Array:
+def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig,
+            remat: bool = False) -> jax.Array:
   """Full causal attention over the whole sequence: float32 logits [B, T, V]."""
   b, t = tokens_BxT.shape
   positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   x, _ = run_layers(params["layers"], embed(params, tokens_BxT, cfg), positions_BxT, None,
-                    _full_causal_mix, cfg)
+                    _full_causal_mix, cfg, remat)
   return unembed(params, x, cfg)

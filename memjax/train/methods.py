@@ -21,7 +21,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from memjax.attention import reference
 from memjax.models import llama
 from memjax.models.config import ModelConfig
 from memjax.retention import add_gates, init_gate_params, trimkv_loss
@@ -65,29 +64,6 @@ def get_method(name: str) -> Method:
   return METHODS[name]
 
 
-def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig,
-            remat: bool = False) -> jax.Array:
-  """Full causal attention over the sequence: float32 logits [B, T, V].
-
-  The same function as `llama.forward`; with `remat` each layer's activations are
-  recomputed in the backward pass instead of stored.
-  """
-  b, t = tokens_BxT.shape
-  positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  mask = reference.causal_mask(positions_BxT)
-
-  def mix(p, h, q, k, v, positions, state):
-    out, _ = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
-    return out, state
-
-  def layer(x, p):
-    return llama.block(p, x, positions_BxT, None, mix, cfg)
-
-  x, _ = jax.lax.scan(jax.checkpoint(layer) if remat else layer,
-                      llama.embed(params, tokens_BxT, cfg), params["layers"])
-  return llama.unembed(params, x, cfg)
-
-
 def next_token_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
   """Mean next-token cross-entropy over every position of batch["tokens"] [B, T].
 
@@ -99,7 +75,7 @@ def next_token_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
     del rng  # deterministic
     params = llama.cast_params(merge(trainable, frozen), compute_cfg)
     tokens = batch["tokens"]
-    logits = forward(params, tokens[:, :-1], compute_cfg, cfg.remat)
+    logits = llama.forward(params, tokens[:, :-1], compute_cfg, cfg.remat)
     logp = jax.nn.log_softmax(logits, axis=-1)
     target_logp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
     accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == tokens[:, 1:])
