@@ -35,6 +35,17 @@ def test_budget_at_least_length_is_full_attention(name):
   assert int(cache.valid_counts().min()) == toks.shape[1]
 
 
+@pytest.mark.parametrize("capacity", [37, 40])
+def test_full_appends_in_place_up_to_an_exact_capacity(capacity):
+  cfg, params = tiny_model()
+  toks = tokens(7)
+  got, cache = chunked_logprobs(params, cfg, toks, get_policy("full"), [capacity] * 2, CHUNK)
+  np.testing.assert_allclose(got, full_logprobs(params, cfg, toks), atol=2e-5)
+  pos = np.asarray(cache.groups[0].pos)
+  np.testing.assert_array_equal(pos[..., :37], np.broadcast_to(np.arange(37), pos[..., :37].shape))
+  assert (pos[..., 37:] == -1).all()
+
+
 @hypothesis.settings(max_examples=12, deadline=None)
 @hypothesis.given(name=st.sampled_from(heuristic_policy_names()[1:]),
                   budget=st.sampled_from([9, 12, 16]),

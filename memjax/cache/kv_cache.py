@@ -84,6 +84,24 @@ def candidates_of(cache: LayerCache, k_BxHkvxCxDh: jax.Array, v_BxHkvxCxDh: jax.
       stats=jnp.concatenate([cache.stats, stats_BxHkvxC.astype(jnp.float32)], axis=2))
 
 
+def append_in_order(cache: LayerCache, k_BxHkvxCxDh: jax.Array, v_BxHkvxCxDh: jax.Array,
+                    pos_BxHkvxC: jax.Array, t_B: jax.Array) -> LayerCache:
+  """Write a chunk into slots [t, t + C) of a cache that never evicts (the `full` policy).
+
+  Such a cache holds position i in slot i, so inserting needs no scoring, sort or gather.
+  Its capacity must cover every real token; chunk padding that falls past the end is dropped.
+  """
+  slots_BxC = t_B[:, None] + jnp.arange(pos_BxHkvxC.shape[-1], dtype=jnp.int32)
+
+  def put(buf, new):
+    return jax.vmap(lambda b, n, s: b.at[:, s].set(n.astype(b.dtype), mode="drop"))(
+        buf, new, slots_BxC)
+
+  return LayerCache(k=put(cache.k, k_BxHkvxCxDh), v=put(cache.v, v_BxHkvxCxDh),
+                    pos=put(cache.pos, pos_BxHkvxC),
+                    stats=put(cache.stats, jnp.zeros(pos_BxHkvxC.shape, jnp.float32)))
+
+
 def keep_best(cands: LayerCache, scores_BxHkvxN: jax.Array, capacity: int) -> LayerCache:
   """Keep the `capacity` highest-scoring valid candidates per (batch row, KV head).
 

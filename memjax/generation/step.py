@@ -26,8 +26,16 @@ from memjax.retention import gate
 Output = Literal["last_logits", "target_logprobs"]
 
 
+def _attend_slots(q, cache: LayerCache, positions_BxC):
+  """Attention of the chunk's queries over slots (causal by position, empty slots masked)."""
+  key_pos = cache.pos[:, :, None, :]
+  mask_BxHkvxCxN = (key_pos >= 0) & (key_pos <= positions_BxC[:, None, :, None])
+  return reference.attend(q, cache.k, cache.v, mask_BxHkvxCxN)
+
+
 def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array):
-  """A `llama.Mixer` that attends over cache ∪ chunk and then evicts down to the budget."""
+  """A `llama.Mixer` that attends over cache ∪ chunk and then evicts down to the budget
+  (or, for a policy that never evicts, appends the chunk in place and attends over that)."""
 
   def mix(p, h, q, k, v, positions_BxC, state):
     cache, layer = state
@@ -35,6 +43,11 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array):
     pos_BxHkvxC = jnp.broadcast_to(
         jnp.where(valid_BxC, positions_BxC, kv_cache.EMPTY)[:, None, :],
         (k.shape[0], n_kv, k.shape[1]))
+    if not policy.evicts:
+      cache = kv_cache.append_in_order(cache, einops.rearrange(k, "b c h d -> b h c d"),
+                                       einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
+                                       positions_BxC[:, 0])
+      return _attend_slots(q, cache, positions_BxC)[0], (cache, layer)
     fresh_stats_BxHkvxC = None
     if policy.uses_retention_gate:
       log_beta_BxCxHkv = gate.log_beta(gate.layer_gate(p, f"policy {policy.name!r}"), h)
@@ -42,9 +55,7 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array):
     cands = kv_cache.candidates_of(cache, einops.rearrange(k, "b c h d -> b h c d"),
                                    einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                    fresh_stats_BxHkvxC)
-    key_pos = cands.pos[:, :, None, :]
-    mask_BxHkvxCxN = (key_pos >= 0) & (key_pos <= positions_BxC[:, None, :, None])
-    out, probs = reference.attend(q, cands.k, cands.v, mask_BxHkvxCxN)
+    out, probs = _attend_slots(q, cands, positions_BxC)
     cands = cands._replace(stats=policy.observe(cands.stats, probs, valid_BxC))
     return out, (kv_cache.evict(cands, policy, t_end_B, layer, cache.capacity), layer)
 

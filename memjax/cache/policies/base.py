@@ -42,6 +42,8 @@ class Policy:
   name: ClassVar[str] = ""
   needs_attention: ClassVar[bool] = False
   uses_retention_gate: ClassVar[bool] = False
+  # False for a policy whose cache holds every token: chunks are appended in place.
+  evicts: ClassVar[bool] = True
 
   def protected_slots(self, capacity: int) -> int:
     """Slots this policy always keeps (sinks, recent window); must be < capacity."""

@@ -12,6 +12,7 @@ class Full(Policy):
   """Keeps everything; generation sizes its cache to the whole sequence."""
 
   name = "full"
+  evicts = False
 
   def score(self, c: Candidates):
     return recency(c)
