@@ -79,8 +79,8 @@ class RowLog:
 def fingerprint(cfg: EvalConfig) -> str:
   """Hash of the settings that change a row's value (not which rows are asked for)."""
   settings = config_to_dict(cfg)
-  for field in ("policies", "budgets", "tasks", "context_tokens", "batch_size", "output_dir",
-                "name"):
+  for field in ("policies", "budgets", "tasks", "context_tokens", "perplexity", "batch_size",
+                "output_dir", "name"):
     settings.pop(field)
   return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
