@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["memjax", "memjax.*"]),
-    package_data={"memjax": ["data/corpus/*.txt", "data/corpus/*.md"]},
+    package_data={"memjax": ["data/corpus/*.txt", "data/corpus/*.md", "retention/gates/*.npz"]},
     install_requires=[
         "jax>=0.10,<0.11",
         "flax>=0.12",

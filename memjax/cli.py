@@ -1,4 +1,4 @@
-"""The `memjax` command line: `memjax eval CONFIG.yaml [key=value ...]`, `memjax generate ...`."""
+"""The `memjax` command line: `memjax eval|train CONFIG [key=value ...]`, `generate`, `export-gates`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pathlib
 import sys
 
 
-def _enable_compilation_cache() -> None:
+def enable_compilation_cache() -> None:
   """Keep compiled XLA programs on disk so that a second run skips compilation."""
   import jax
   path = os.environ.get("MEMJAX_COMPILATION_CACHE",
@@ -35,7 +35,7 @@ def _eval(args) -> None:
 
 def _generate(args) -> None:
   import memjax
-  lm = memjax.load(args.model, args.dtype)
+  lm = memjax.load(args.model, args.dtype, gates=args.gates)
   text = lm.generate(args.prompt, policy=args.policy, budget=args.budget,
                      max_new_tokens=args.max_new_tokens, prefill_chunk=args.prefill_chunk,
                      temperature=args.temperature, question=args.question,
@@ -52,6 +52,14 @@ def _train(args) -> None:
         f"{cfg.checkpoint_path}, metrics in {cfg.output_dir}")
 
 
+def _export_gates(args) -> None:
+  from memjax.train.export import export_gates
+
+  path = export_gates(args.run_dir, args.out, args.step)
+  print(f"wrote gates: {path} ({path.stat().st_size / 1e6:.1f} MB); use them with "
+        f"memjax.load(..., gates={str(path)!r}) or `memjax eval ... gates={path}`")
+
+
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="memjax", description="Memory-bounded attention in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -66,11 +74,19 @@ def parser() -> argparse.ArgumentParser:
   tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 lr=1e-4")
   tr.set_defaults(run=_train)
 
+  ex = sub.add_parser("export-gates", help="write a TRIM-KV run's trained gates to an .npz")
+  ex.add_argument("run_dir", help="output_dir of a `memjax train` run with method trim_kv")
+  ex.add_argument("--out", required=True, help="gate file to write (.npz)")
+  ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+  ex.set_defaults(run=_export_gates)
+
   gen = sub.add_parser("generate", help="generate text under a KV budget")
   gen.add_argument("prompt")
   gen.add_argument("--model", default="smollm2-135m")
   gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   gen.add_argument("--policy", default="full")
+  gen.add_argument("--gates", default=None,
+                   help='retention gates for --policy learned: "trimkv" (shipped) or an .npz')
   gen.add_argument("--budget", type=int, default=None, help="KV slots per layer")
   gen.add_argument("--schedule", default="uniform", choices=["uniform", "pyramid"])
   gen.add_argument("--question", default=None, help="appended after compression")
@@ -83,7 +99,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   args = parser().parse_args(argv)
-  _enable_compilation_cache()
+  enable_compilation_cache()
   try:
     args.run(args)
   except (ValueError, FileNotFoundError) as err:

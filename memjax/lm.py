@@ -96,11 +96,29 @@ def _jitted_forward(cfg: ModelConfig):
   return jax.jit(functools.partial(llama.forward, cfg=cfg))
 
 
-def load(name_or_path: str = "smollm2-135m", dtype: str = "float32") -> LanguageModel:
-  """Load a model by registry name ("smollm2-135m"), .gguf path or Hugging Face directory."""
+def load(name_or_path: str = "smollm2-135m", dtype: str = "float32",
+         gates: str | None = None) -> LanguageModel:
+  """Load a model by registry name ("smollm2-135m"), .gguf path or Hugging Face directory.
+
+  Args:
+    name_or_path: what to load.
+    dtype: "float32" or "bfloat16" compute dtype.
+    gates: TRIM-KV retention gates for policy "learned": a name shipped with memjax for
+      this model ("trimkv" for "smollm2-135m") or an .npz from `memjax export-gates`.
+      They stay float32 whatever `dtype` is.
+
+  Raises:
+    memjax.retention.store.GateFileError: the gates are missing or do not fit the model.
+  """
   from memjax.io import load_checkpoint
   cfg, params, tokenizer = load_checkpoint(name_or_path, dtype=dtype)
-  return LanguageModel(cfg, llama.cast_params(params, cfg), tokenizer, str(name_or_path))
+  params = llama.cast_params(params, cfg)
+  if gates is not None:
+    from memjax.retention import add_gates
+    from memjax.retention.store import load_gates
+    gate_params, _ = load_gates(gates, cfg, model=str(name_or_path))
+    params = add_gates(params, jax.tree.map(jax.numpy.asarray, gate_params))
+  return LanguageModel(cfg, params, tokenizer, str(name_or_path))
 
 
 def policies() -> list[str]:

@@ -19,7 +19,10 @@ class EvalConfig:
   Attributes:
     model: model name known to memjax.io (e.g. "smollm2-135m").
     dtype: compute dtype.
-    policies: eviction policies to compare; "full" gives the full-cache row.
+    policies: eviction policies to compare; "full" gives the full-cache row, "learned"
+      needs `gates`.
+    gates: TRIM-KV retention gates for "learned": "trimkv" (shipped for smollm2-135m) or
+      an .npz from `memjax export-gates`.
     budgets: KV budgets per layer: a fraction of the context if <= 1 (0.25 keeps a
       quarter of the tokens), else an absolute number of tokens (whole number).
     budget_schedule: "uniform" (same budget in every layer) or "pyramid" (shrinking
@@ -49,6 +52,7 @@ class EvalConfig:
   model: str = "smollm2-135m"
   dtype: Literal["float32", "bfloat16"] = "float32"
   policies: list[str] = dataclasses.field(default_factory=lambda: list(ALL_POLICIES))
+  gates: str | None = None
   budgets: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.25, 0.125])
   budget_schedule: Literal["uniform", "pyramid"] = "uniform"
   tasks: list[str] = dataclasses.field(default_factory=lambda: ["single"])
@@ -72,6 +76,9 @@ class EvalConfig:
     for field in ("policies", "budgets", "tasks", "context_tokens", "depths"):
       if not getattr(self, field):
         raise ValueError(f"{field} must not be empty")
+    if "learned" in self.policies and self.gates is None:
+      raise ValueError("policy 'learned' needs retention gates: set gates=trimkv (shipped) or "
+                       "gates=FILE.npz (from `memjax export-gates RUN_DIR`)")
     if len(set(self.policies)) != len(self.policies):
       raise ValueError(f"policies lists a name twice: {self.policies}")
     for budget in self.budgets:

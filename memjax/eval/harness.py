@@ -59,6 +59,7 @@ class RowLog:
   def __init__(self, path: str | pathlib.Path | None, cfg: EvalConfig):
     self.path = None if path is None else pathlib.Path(path)
     self.fingerprint = fingerprint(cfg)
+    self.gates = gates_id(cfg)
     self.done: dict[tuple, dict[str, Any]] = {}
     if self.path is not None and self.path.exists():
       for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -66,8 +67,14 @@ class RowLog:
         if row.get("fingerprint") == self.fingerprint:
           self.done[_row_key(row)] = row
 
+  def key(self, task: str, context_tokens: int, policy: str, budget: float | None) -> tuple:
+    """The key of a row: which gates made it matters for "learned" only."""
+    return task, context_tokens, policy, budget, self.gates if policy == "learned" else None
+
   def add(self, row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row, fingerprint=self.fingerprint)
+    if row["policy"] == "learned":
+      row["gates"] = self.gates
     self.done[_row_key(row)] = row
     if self.path is not None:
       self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,14 +86,24 @@ class RowLog:
 def fingerprint(cfg: EvalConfig) -> str:
   """Hash of the settings that change a row's value (not which rows are asked for)."""
   settings = config_to_dict(cfg)
-  for field in ("policies", "budgets", "tasks", "context_tokens", "perplexity", "batch_size",
-                "output_dir", "name"):
+  for field in ("policies", "gates", "budgets", "tasks", "context_tokens", "perplexity",
+                "batch_size", "output_dir", "name"):
     settings.pop(field)
   return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def gates_id(cfg: EvalConfig) -> str | None:
+  """Which gates make cfg's "learned" rows: `<gates>@<hash of the file>`, so that rows of
+  other (e.g. retrained) gates are never reused; None when cfg does not evaluate "learned"."""
+  if "learned" not in cfg.policies:
+    return None
+  from memjax.retention.store import gate_path
+  digest = hashlib.sha256(gate_path(cfg.gates, cfg.model).read_bytes()).hexdigest()[:12]
+  return f"{cfg.gates}@{digest}"
+
+
 def _row_key(row: dict[str, Any]) -> tuple:
-  return row["task"], row["context_tokens"], row["policy"], row["budget"]
+  return row["task"], row["context_tokens"], row["policy"], row["budget"], row.get("gates")
 
 
 def retrieval_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog,
@@ -99,7 +116,7 @@ def retrieval_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog,
   for context_tokens, task in jobs:
     cases = None
     for policy, budget in settings:
-      key = (task, context_tokens, policy, budget)
+      key = log.key(task, context_tokens, policy, budget)
       if key not in log.done:
         cases = cases or retrieval.make_cases(task, cfg.n_cases, context_tokens, cfg.depths,
                                               lm.tokenizer, cfg.seed, haystack=_haystack(cfg))
@@ -124,7 +141,7 @@ def perplexity_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog,
                                    cfg.seed, text=text)
   rows = []
   for policy, budget in tqdm(_settings(cfg), desc="perplexity", disable=not progress):
-    key = ("perplexity", cfg.ppl_window_tokens, policy, budget)
+    key = log.key("perplexity", cfg.ppl_window_tokens, policy, budget)
     if key in log.done:
       rows.append(log.done[key])
       continue
@@ -154,7 +171,7 @@ def evaluate(cfg: EvalConfig, lm: LanguageModel | None = None, progress: bool = 
   """
   from memjax.lm import load
   log = RowLog(log_path, cfg)
-  lm = lm or load(cfg.model, cfg.dtype)
+  lm = lm or load(cfg.model, cfg.dtype, gates=cfg.gates)
   rows = retrieval_rows(lm, cfg, log, progress)
   if cfg.perplexity:
     rows += perplexity_rows(lm, cfg, log, progress)

@@ -18,13 +18,16 @@ from memjax.retention.decayed_attention import Impl, decayed_attention
 
 def forward_gated(params: llama.Params, tokens_BxT: jax.Array, cfg: ModelConfig, *,
                   impl: Impl = "blockwise", block: int = 128,
-                  remat: bool = False) -> tuple[jax.Array, jax.Array]:
+                  remat: bool = False, decay: bool = True) -> tuple[jax.Array, jax.Array]:
   """Full causal forward with decayed attention in every layer.
 
   Args:
     params: model params with gates (`gate.add_gates`).
     tokens_BxT: int32 token ids, one sequence per row.
     impl, block, remat: passed to `decayed_attention`.
+    decay: add the decay to the attention logits (training); False attends like the
+      ungated model and only reports log β, as the `learned` policy sees it before any
+      eviction.
 
   Returns:
     logits_BxTxV: float32 logits.
@@ -36,8 +39,8 @@ def forward_gated(params: llama.Params, tokens_BxT: jax.Array, cfg: ModelConfig,
   def mix(p, h_BxTxD, q, k, v, positions, state):
     del state
     log_beta_BxTxHkv = gate.log_beta(gate.layer_gate(p, "forward_gated"), h_BxTxD)
-    out = decayed_attention(q, k, v, log_beta_BxTxHkv, positions, impl=impl, block=block,
-                            remat=remat)
+    applied = log_beta_BxTxHkv if decay else jnp.zeros_like(log_beta_BxTxHkv)
+    out = decayed_attention(q, k, v, applied, positions, impl=impl, block=block, remat=remat)
     return out, log_beta_BxTxHkv
 
   x_BxTxD, log_beta_LxBxTxHkv = llama.run_layers(

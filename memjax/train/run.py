@@ -22,6 +22,12 @@ TINY_MODEL = "tiny"
 _init_params = jax.jit(llama.init_params, static_argnums=0)
 
 
+def tiny_model_config(cfg: TrainConfig) -> ModelConfig:
+  """Shapes of the "tiny" test model: 2 layers over UTF-8 bytes, storage dtype cfg.dtype."""
+  return tiny_config(vocab_size=ByteTokenizer.vocab_size, max_positions=max(cfg.seq_len, 256),
+                     dtype=cfg.dtype)
+
+
 def build_model(cfg: TrainConfig, key: jax.Array) -> tuple[ModelConfig, Params, TokenizerLike]:
   """(model config, params, tokenizer) named by cfg.model, params stored in cfg.dtype.
 
@@ -32,8 +38,7 @@ def build_model(cfg: TrainConfig, key: jax.Array) -> tuple[ModelConfig, Params, 
     ValueError: cfg.seq_len exceeds the model's positions, or the model has no tokenizer.
   """
   if cfg.model == TINY_MODEL:
-    model_cfg = tiny_config(vocab_size=ByteTokenizer.vocab_size,
-                            max_positions=max(cfg.seq_len, 256), dtype=cfg.dtype)
+    model_cfg = tiny_model_config(cfg)
     params = _init_params(model_cfg, key)
     tokenizer = ByteTokenizer()
   else:
