@@ -30,8 +30,9 @@ _MASKED = -1e30
 
 def decayed_attention(q_BxTxHqxDh: jax.Array, k_BxTxHkvxDh: jax.Array, v_BxTxHkvxDh: jax.Array,
                       log_beta_BxTxHkv: jax.Array, positions_BxT: jax.Array, *,
-                      segment_ids: jax.Array | None = None, impl: Impl = "blockwise",
-                      block: int = 128, remat: bool = False) -> jax.Array:
+                      segment_ids: jax.Array | None = None, soft_cap: float | None = None,
+                      impl: Impl = "blockwise", block: int = 128,
+                      remat: bool = False) -> jax.Array:
   """Causal GQA attention with the retention bias log β_j · (t − j) on the logits.
 
   Args:
@@ -41,6 +42,8 @@ def decayed_attention(q_BxTxHqxDh: jax.Array, k_BxTxHkvxDh: jax.Array, v_BxTxHkv
     log_beta_BxTxHkv: log retention (<= 0) of every key, per KV head.
     positions_BxT: int32 token positions; t and j in the bias are these positions.
     segment_ids: optional int32 [B, T]; tokens attend only within their segment.
+    soft_cap: optional cap c on the scaled q·k logits, c · tanh(s / c), applied before the
+      retention bias is added.
     impl: "reference" (explicit T×T) or "blockwise" (online softmax over tiles).
     block: tile length (tokens) of the blockwise path, for queries and keys alike.
     remat: blockwise only: recompute each query block in the backward pass
@@ -53,9 +56,9 @@ def decayed_attention(q_BxTxHqxDh: jax.Array, k_BxTxHkvxDh: jax.Array, v_BxTxHkv
     segment_ids = jnp.zeros(positions_BxT.shape, jnp.int32)
   args = (q_BxTxHqxDh, k_BxTxHkvxDh, v_BxTxHkvxDh, log_beta_BxTxHkv, positions_BxT, segment_ids)
   if impl == "reference":
-    return _reference(*args)
+    return _reference(*args, soft_cap=soft_cap)
   if impl == "blockwise":
-    return _blockwise(*args, block=block, remat=remat)
+    return _blockwise(*args, soft_cap=soft_cap, block=block, remat=remat)
   raise ValueError(f"unknown decayed attention impl {impl!r}; use 'reference' or 'blockwise'")
 
 
@@ -75,6 +78,13 @@ def decay_bias(log_beta_BxSxHkv: jax.Array, q_pos_BxT: jax.Array,
   return log_beta_BxHkvx1xS * distance_BxTxS[:, None].astype(jnp.float32)
 
 
+def scaled_scores(q: jax.Array, k: jax.Array, soft_cap: float | None, spec: str) -> jax.Array:
+  """float32 logits q·k / √Dh contracted by the einsum `spec` (head dim last in q and k),
+  soft-capped as c · tanh(s / c) when a cap c is given."""
+  s = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+  return s if soft_cap is None else soft_cap * jnp.tanh(s / soft_cap)
+
+
 def to_blocks(x_BxT_: jax.Array, block: int, fill=0) -> jax.Array:
   """[n, B, block, ...]: axis 1 (time) padded with `fill` to n·block and split into blocks."""
   pad = -x_BxT_.shape[1] % block
@@ -83,11 +93,10 @@ def to_blocks(x_BxT_: jax.Array, block: int, fill=0) -> jax.Array:
   return einops.rearrange(x, "b (n k) ... -> n b k ...", k=block)
 
 
-def _reference(q, k, v, log_beta, positions, segment_ids):
+def _reference(q, k, v, log_beta, positions, segment_ids, *, soft_cap):
   n_kv = k.shape[2]
   q_BxHkvxGxTxDh = einops.rearrange(q, "b t (h g) d -> b h g t d", h=n_kv)
-  logits_BxHkvxGxTxS = jnp.einsum("bhgtd,bshd->bhgts", q_BxHkvxGxTxDh, k,
-                                  preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+  logits_BxHkvxGxTxS = scaled_scores(q_BxHkvxGxTxDh, k, soft_cap, "bhgtd,bshd->bhgts")
   logits_BxHkvxGxTxS += decay_bias(log_beta, positions, positions)[:, :, None]
   mask_Bx1x1xTxS = visible(positions, positions, segment_ids, segment_ids)[:, None, None]
   probs = jax.nn.softmax(jnp.where(mask_Bx1x1xTxS, logits_BxHkvxGxTxS, _MASKED), axis=-1)
@@ -97,10 +106,9 @@ def _reference(q, k, v, log_beta, positions, segment_ids):
   return einops.rearrange(out, "b t h g d -> b t (h g) d").astype(q.dtype)
 
 
-def _blockwise(q, k, v, log_beta, positions, segment_ids, *, block, remat):
+def _blockwise(q, k, v, log_beta, positions, segment_ids, *, soft_cap, block, remat):
   b, t, _, dh = q.shape
   n_kv = k.shape[2]
-  scale = dh ** -0.5
   key_blocks = (to_blocks(k, block), to_blocks(v, block), to_blocks(log_beta, block),
                 to_blocks(positions, block), to_blocks(segment_ids, block),
                 to_blocks(jnp.ones((b, t), bool), block, fill=False))
@@ -114,8 +122,7 @@ def _blockwise(q, k, v, log_beta, positions, segment_ids, *, block, remat):
 
       def update(carry):
         max_BxHkvxGxQ, sum_BxHkvxGxQ, acc_BxHkvxGxQxDh = carry
-        logits = jnp.einsum("bqhgd,bkhd->bhgqk", q_BxQxHkvxGxDh, k_BxKxHkvxDh,
-                            preferred_element_type=jnp.float32) * scale
+        logits = scaled_scores(q_BxQxHkvxGxDh, k_BxKxHkvxDh, soft_cap, "bqhgd,bkhd->bhgqk")
         logits += decay_bias(log_beta_BxKxHkv, q_pos_BxQ, k_pos_BxK)[:, :, None]
         logits = jnp.where(mask_BxQxK[:, None, None], logits, -jnp.inf)
         # The running max only shifts the exponent: the result does not depend on it.
