@@ -8,6 +8,7 @@ TPU (Mosaic) and GPU (Triton) kernels are verified in interpret mode on CPU only
 """
 
 from memjax.kernels.backend import Backend, resolve
+from memjax.kernels.decode import decode_attention
 from memjax.kernels.flash import flash_attention
 
-__all__ = ["Backend", "flash_attention", "resolve"]
+__all__ = ["Backend", "decode_attention", "flash_attention", "resolve"]

@@ -83,16 +83,23 @@ def logits(q_RxD, k_KxD, log_beta_1xK, visible_QxK, distance_QxK, *, group: int,
   return jnp.where(visible_RxK, s_RxK, -jnp.inf), tanh_RxK, visible_RxK, distance_RxK
 
 
-def online_softmax(s_RxK, v_KxD, max_Rx1, sum_Rx1, acc_RxD):
-  """Fold one tile of logits (-inf where hidden) into the running max, sum and output.
+def exp_shifted(s_RxK, max_Rx1):
+  """Softmax numerators of a tile against a running max (-inf where nothing was seen).
 
-  Returns the new (max, sum, acc); acc is the unnormalised output Σ exp(s − max) v. Rows
-  that have seen no visible key keep max = -inf and sum = 0.
+  Returns (new max [R, 1], p = exp(s − new max) [R, K], rescale = exp(max − new max) [R, 1]);
+  hidden logits (-inf) give p = 0, and rows with no visible key keep max = -inf.
   """
   new_max_Rx1 = jnp.maximum(max_Rx1, jnp.max(s_RxK, axis=1, keepdims=True))
   shift_Rx1 = jnp.where(new_max_Rx1 == -jnp.inf, 0.0, new_max_Rx1)
-  p_RxK = jnp.exp(s_RxK - shift_Rx1)
-  rescale_Rx1 = jnp.exp(max_Rx1 - shift_Rx1)
+  return new_max_Rx1, jnp.exp(s_RxK - shift_Rx1), jnp.exp(max_Rx1 - shift_Rx1)
+
+
+def online_softmax(s_RxK, v_KxD, max_Rx1, sum_Rx1, acc_RxD):
+  """Fold one tile of logits (-inf where hidden) into the running max, sum and output.
+
+  Returns the new (max, sum, acc); acc is the unnormalised output Σ exp(s − max) v.
+  """
+  new_max_Rx1, p_RxK, rescale_Rx1 = exp_shifted(s_RxK, max_Rx1)
   new_sum_Rx1 = rescale_Rx1 * sum_Rx1 + jnp.sum(p_RxK, axis=1, keepdims=True)
   new_acc_RxD = rescale_Rx1 * acc_RxD + matmul(p_RxK.astype(v_KxD.dtype), v_KxD)
   return new_max_Rx1, new_sum_Rx1, new_acc_RxD

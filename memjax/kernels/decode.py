@@ -1,0 +1,110 @@
+"""`decode_attention`: a few queries over a budgeted cache, with the per-slot attention mass.
+
+The "xla" backend is `memjax.attention.reference.attend` (the oracle); "tpu" and "gpu" run
+the split-K kernel of `decode_kernel` and merge its per-block partials here (`combine`).
+The per-slot mass is what attention-based eviction policies accumulate (`h2o` sums it over
+the chunk's queries, `tova` takes the last query's), so they need no second pass.
+"""
+
+from __future__ import annotations
+
+import einops
+import jax
+import jax.numpy as jnp
+
+from memjax.attention import reference
+from memjax.kernels import decode_kernel
+from memjax.kernels.backend import Backend, resolve
+
+# Slots per kernel program. See experiments/results/kernels.md.
+DEFAULT_BLOCK_S = {"tpu": 512, "gpu": 256}
+
+
+def decode_attention(q: jax.Array, cache, *, positions: jax.Array | None = None,
+                     backend: Backend = "auto", interpret: bool = False,
+                     block_s: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """Grouped-query attention of C queries over the S slots of one layer's cache.
+
+  Args:
+    q: [B, C, Hq, D] queries, already rotated; query head h reads KV head h // G.
+    cache: a `memjax.cache.kv_cache.LayerCache` (or anything with k, v [B, Hkv, S, D] and
+      pos int32 [B, Hkv, S], -1 = empty slot).
+    positions: optional int32 [B, C] query positions; slot j is visible to query c when
+      pos_j >= 0 and, if positions are given, pos_j <= positions[c].
+    backend: "auto" (Pallas on TPU/GPU, XLA on CPU), "xla", "tpu" or "gpu".
+    interpret: run the Pallas kernel in interpret mode (CPU testing).
+    block_s: slots per kernel program (default per backend, shrunk for small caches).
+
+  Returns:
+    out: [B, C, Hq, D] in the dtype of q (zero for a query that sees no slot).
+    slot_mass: float32 [B, Hkv, C, S], the attention probability of each slot for each
+      query, averaged over the G query heads of the slot's KV head.
+  """
+  impl = resolve(backend)
+  slot_pos_BxHkvxS = cache.pos
+  query_pos_BxC = (jnp.full(q.shape[:2], jnp.iinfo(jnp.int32).max, jnp.int32)
+                   if positions is None else positions.astype(jnp.int32))
+  if impl == "xla":
+    mask_BxHkvxCxS = ((slot_pos_BxHkvxS[:, :, None, :] >= 0)
+                      & (slot_pos_BxHkvxS[:, :, None, :] <= query_pos_BxC[:, None, :, None]))
+    out, probs_BxHkvxGxCxS = reference.attend(q, cache.k, cache.v, mask_BxHkvxCxS)
+    return out, jnp.mean(probs_BxHkvxGxCxS, axis=2)
+  return _pallas(impl, q, cache.k, cache.v, slot_pos_BxHkvxS, query_pos_BxC,
+                 block_s=block_s or DEFAULT_BLOCK_S[impl], interpret=interpret)
+
+
+def _pallas(impl, q_BxCxHqxD, k_BxHkvxSxD, v_BxHkvxSxD, slot_pos_BxHkvxS, query_pos_BxC, *,
+            block_s, interpret):
+  b, c, _, d = q_BxCxHqxD.shape
+  n_kv, s = k_BxHkvxSxD.shape[1], k_BxHkvxSxD.shape[2]
+  group = q_BxCxHqxD.shape[2] // n_kv
+  block_s = min(block_s, _round_slots(s, impl))
+  slots = -(-s // block_s) * block_s
+  rows = _round_rows(group * c, impl)
+  pad_slots = lambda x, fill=0: jnp.pad(x, [(0, 0), (0, 0), (0, slots - s)]
+                                        + [(0, 0)] * (x.ndim - 3), constant_values=fill)
+  pad_rows = lambda x, fill=0: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, rows - group * c),
+                                                                    (0, 0)], constant_values=fill)
+  q = pad_rows(einops.rearrange(q_BxCxHqxD, "b c (h g) d -> b h (g c) d", h=n_kv))
+  q_pos = pad_rows(einops.repeat(query_pos_BxC, "b c -> b (g c) 1", g=group), fill=-1)
+  partials = decode_kernel.split_k(
+      impl, q, q_pos, pad_slots(k_BxHkvxSxD), pad_slots(v_BxHkvxSxD),
+      pad_slots(slot_pos_BxHkvxS, fill=-1)[:, :, None, :], block_s=block_s,
+      interpret=interpret)
+  out_BxHkvxRxD, probs_BxHkvxRxSp = combine(*partials)
+  out = einops.rearrange(out_BxHkvxRxD[:, :, :group * c], "b h (g c) d -> b c (h g) d", g=group)
+  probs = einops.rearrange(probs_BxHkvxRxSp[:, :, :group * c, :s], "b h (g c) s -> b h g c s",
+                           g=group)
+  return out.astype(q_BxCxHqxD.dtype), jnp.mean(probs, axis=2)
+
+
+def combine(acc_BxHkvxNxRxD, max_BxHkvxNxRx1, sum_BxHkvxNxRx1, numerators_BxHkvxRxSp):
+  """Merge split-K partials over the N slot blocks.
+
+  Returns:
+    out [B, Hkv, R, D] float32, normalised (zero for rows that saw no slot);
+    probs [B, Hkv, R, Sp] float32 attention probabilities of every (padded) slot.
+  """
+  max_BxHkvx1xRx1 = jnp.max(max_BxHkvxNxRx1, axis=2, keepdims=True)
+  shift = jnp.where(max_BxHkvx1xRx1 == -jnp.inf, 0.0, max_BxHkvx1xRx1)
+  weight_BxHkvxNxRx1 = jnp.exp(max_BxHkvxNxRx1 - shift)
+  total_BxHkvxRx1 = jnp.sum(weight_BxHkvxNxRx1 * sum_BxHkvxNxRx1, axis=2)
+  inv_total = jnp.where(total_BxHkvxRx1 > 0, 1.0 / jnp.where(total_BxHkvxRx1 > 0,
+                                                           total_BxHkvxRx1, 1.0), 0.0)
+  out = jnp.sum(weight_BxHkvxNxRx1 * acc_BxHkvxNxRxD, axis=2) * inv_total
+  scale_BxHkvxRxNx1 = einops.rearrange(weight_BxHkvxNxRx1, "b h n r 1 -> b h r n 1") * inv_total[
+      :, :, :, None]
+  numerators = einops.rearrange(numerators_BxHkvxRxSp, "b h r (n s) -> b h r n s",
+                                n=acc_BxHkvxNxRxD.shape[2])
+  probs = einops.rearrange(numerators * scale_BxHkvxRxNx1, "b h r n s -> b h r (n s)")
+  return out, probs
+
+
+def _round_slots(s: int, impl: str) -> int:
+  """Smallest block covering a small cache: lane multiple (TPU) or power of two (GPU)."""
+  return max(16, 1 << (s - 1).bit_length()) if impl == "gpu" else -(-s // 128) * 128
+
+
+def _round_rows(rows: int, impl: str) -> int:
+  """Query rows padded to a sublane multiple (TPU) or a power of two >= 16 (Triton dots)."""
+  return max(16, 1 << (rows - 1).bit_length()) if impl == "gpu" else -(-rows // 8) * 8
