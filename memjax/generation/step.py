@@ -15,7 +15,7 @@ import einops
 import jax
 import jax.numpy as jnp
 
-from memjax.attention import reference
+from memjax import kernels
 from memjax.cache import kv_cache
 from memjax.cache.kv_cache import LayerCache, ModelCache
 from memjax.cache.policies import Policy
@@ -26,14 +26,19 @@ from memjax.retention import gate
 Output = Literal["last_logits", "target_logprobs"]
 
 
-def _attend_slots(q, cache: LayerCache, positions_BxC):
-  """Attention of the chunk's queries over slots (causal by position, empty slots masked)."""
-  key_pos = cache.pos[:, :, None, :]
-  mask_BxHkvxCxN = (key_pos >= 0) & (key_pos <= positions_BxC[:, None, :, None])
-  return reference.attend(q, cache.k, cache.v, mask_BxHkvxCxN)
+def _attend_slots(q, cache: LayerCache, positions_BxC, attention_impl):
+  """Attention of the chunk's queries over slots (causal by position, empty slots masked).
+
+  Returns the output and the probabilities as policies read them, [B, Hkv, 1, C, N]: the
+  kernel gives them already averaged over each KV head's group of query heads.
+  """
+  out, slot_mass_BxHkvxCxN = kernels.decode_attention(q, cache, positions=positions_BxC,
+                                                      backend=attention_impl)
+  return out, slot_mass_BxHkvxCxN[:, :, None]
 
 
-def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array):
+def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
+                 attention_impl: str):
   """A `llama.Mixer` that attends over cache ∪ chunk and then evicts down to the budget
   (or, for a policy that never evicts, appends the chunk in place and attends over that)."""
 
@@ -47,7 +52,7 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array):
       cache = kv_cache.append_in_order(cache, einops.rearrange(k, "b c h d -> b h c d"),
                                        einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                        positions_BxC[:, 0])
-      return _attend_slots(q, cache, positions_BxC)[0], (cache, layer)
+      return _attend_slots(q, cache, positions_BxC, attention_impl)[0], (cache, layer)
     fresh_stats_BxHkvxC = None
     if policy.uses_retention_gate:
       log_beta_BxCxHkv = gate.log_beta(gate.layer_gate(p, f"policy {policy.name!r}"), h)
@@ -55,7 +60,7 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array):
     cands = kv_cache.candidates_of(cache, einops.rearrange(k, "b c h d -> b h c d"),
                                    einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                    fresh_stats_BxHkvxC)
-    out, probs = _attend_slots(q, cands, positions_BxC)
+    out, probs = _attend_slots(q, cands, positions_BxC, attention_impl)
     cands = cands._replace(stats=policy.observe(cands.stats, probs, valid_BxC))
     return out, (kv_cache.evict(cands, policy, t_end_B, layer, cache.capacity), layer)
 
@@ -78,7 +83,7 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
   c = tokens_BxC.shape[1]
   positions_BxC = cache.t[:, None] + jnp.arange(c, dtype=jnp.int32)
   t_end_B = cache.t + jnp.sum(valid_BxC, axis=1, dtype=jnp.int32)
-  mix = _cache_mixer(policy, valid_BxC, t_end_B)
+  mix = _cache_mixer(policy, valid_BxC, t_end_B, cfg.attention_impl)
   x = llama.embed(params, tokens_BxC, cfg)
   groups, start = [], 0
   for group in cache.groups:

@@ -11,8 +11,8 @@ from typing import Literal
 import jax
 from jax.experimental.pallas import tpu as pltpu
 
-Backend = Literal["auto", "xla", "tpu", "gpu"]
-BACKENDS = ("auto", "xla", "tpu", "gpu")
+from memjax.models.config import ATTENTION_IMPLS as BACKENDS
+from memjax.models.config import AttentionImpl as Backend
 
 
 def resolve(backend: Backend) -> Literal["xla", "tpu", "gpu"]:

@@ -196,11 +196,15 @@ def forward(cfg: FlashConfig, q, k, v, log_beta, segments):
 
 def backward(cfg: FlashConfig, q, k, v, log_beta, segments, do, lse, delta):
   """(dq, dk, dv, d log β or None) in the kernel layout, from dO and the forward residuals."""
+  dk, dv, dlog_beta = backward_dkv(cfg, q, k, v, log_beta, segments, do, lse, delta)
+  return backward_dq(cfg, q, k, v, log_beta, segments, do, lse, delta), dk, dv, dlog_beta
+
+
+def backward_dkv(cfg: FlashConfig, q, k, v, log_beta, segments, do, lse, delta):
+  """(dk, dv, d log β or None): grid (B, Hkv, key blocks, query blocks), reducing over
+  query blocks in VMEM."""
   b, n_kv, group, tp, d = q.shape
   has_beta, has_seg = log_beta is not None, segments is not None
-  inputs = flash_layout.inputs(q, k, v, log_beta, segments) + [do, lse, delta]
-
-  # dK, dV, d log β: grid (B, Hkv, k blocks, q blocks), reduction over query blocks.
   grid = (b, n_kv, tp // cfg.block_k, tp // cfg.block_q)
   q_block = lambda j, i: jnp.minimum(jnp.maximum(i, flash_layout.first_q_block(cfg, j)),
                                      flash_layout.last_q_block(cfg))
@@ -213,24 +217,28 @@ def backward(cfg: FlashConfig, q, k, v, log_beta, segments, do, lse, delta):
     out_shape.append(jax.ShapeDtypeStruct(log_beta.shape, jnp.float32))
   row_specs = [_q_row_spec(cfg, group, d, q_block), _q_row_spec(cfg, group, 1, q_block),
                _q_row_spec(cfg, group, 1, q_block)]
-  dk, dv, *dlb = pl.pallas_call(
+  dk, dv, *dlog_beta = pl.pallas_call(
       functools.partial(_dkv_kernel, cfg=cfg, group=group, has_beta=has_beta, has_seg=has_seg),
       grid=grid, in_specs=_specs(cfg, group, d, q_block, k_block, has_beta, has_seg) + row_specs,
       out_specs=out_specs, out_shape=out_shape,
       scratch_shapes=[pltpu.VMEM((cfg.block_k, d), jnp.float32),
                       pltpu.VMEM((cfg.block_k, d), jnp.float32),
                       pltpu.VMEM((1, cfg.block_k), jnp.float32)],
-      **_params(cfg))(*inputs)
+      **_params(cfg))(*flash_layout.inputs(q, k, v, log_beta, segments), do, lse, delta)
+  return dk, dv, (dlog_beta[0] if has_beta else None)
 
-  # dQ: grid (B, Hkv, q blocks, k blocks), reduction over key blocks.
+
+def backward_dq(cfg: FlashConfig, q, k, v, log_beta, segments, do, lse, delta):
+  """dq: grid (B, Hkv, query blocks, key blocks), reducing over key blocks in VMEM."""
+  b, n_kv, group, tp, d = q.shape
+  has_beta, has_seg = log_beta is not None, segments is not None
   grid, q_block, k_block = _query_major(cfg, b, n_kv, tp)
   row_specs = [_q_row_spec(cfg, group, d, q_block), _q_row_spec(cfg, group, 1, q_block),
                _q_row_spec(cfg, group, 1, q_block)]
-  dq = pl.pallas_call(
+  return pl.pallas_call(
       functools.partial(_dq_kernel, cfg=cfg, group=group, has_beta=has_beta, has_seg=has_seg),
       grid=grid, in_specs=_specs(cfg, group, d, q_block, k_block, has_beta, has_seg) + row_specs,
       out_specs=_q_row_spec(cfg, group, d, _own_q_block),
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
       scratch_shapes=[pltpu.VMEM((group * cfg.block_q, d), jnp.float32)],
-      **_params(cfg))(*inputs)
-  return dq, dk, dv, (dlb[0] if has_beta else None)
+      **_params(cfg))(*flash_layout.inputs(q, k, v, log_beta, segments), do, lse, delta)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax.numpy as jnp
+
+# Attention implementations: "auto" = Pallas kernels on TPU/GPU, XLA on CPU (memjax.kernels).
+AttentionImpl = Literal["auto", "xla", "tpu", "gpu"]
+ATTENTION_IMPLS = ("auto", "xla", "tpu", "gpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +29,9 @@ class ModelConfig:
     max_positions: longest sequence the model was trained for (tokens).
     tie_embeddings: the output projection reuses the token embedding.
     dtype: compute dtype name, "float32" or "bfloat16".
+    attention_impl: "auto" (Pallas kernels on TPU/GPU, the XLA reference on CPU), "xla",
+      "tpu" or "gpu"; selects the attention of `llama.forward`, of budgeted chunks
+      (`generation.step`) and of retention-decayed attention.
   """
 
   vocab_size: int
@@ -38,6 +46,7 @@ class ModelConfig:
   max_positions: int = 2048
   tie_embeddings: bool = True
   dtype: str = "float32"
+  attention_impl: AttentionImpl = "auto"
 
   def __post_init__(self):
     if self.n_heads % self.n_kv_heads:
@@ -45,6 +54,9 @@ class ModelConfig:
           f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(
+          f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
 
   @property
   def group_size(self) -> int:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from memjax import kernels
 from memjax.attention import reference
 from memjax.models.config import ModelConfig
 
@@ -127,11 +128,24 @@ def _full_causal_mix(p, h, q, k, v, positions_BxT, state):
   return out, state
 
 
+def full_causal_mixer(cfg: ModelConfig) -> Mixer:
+  """Causal attention over the whole sequence (positions 0..T-1 in every row) by
+  `cfg.attention_impl`: the XLA reference, or the Pallas flash-attention kernel."""
+  backend = kernels.resolve(cfg.attention_impl)
+  if backend == "xla":
+    return _full_causal_mix
+
+  def mix(p, h, q, k, v, positions_BxT, state):
+    return kernels.flash_attention(q, k, v, causal=True, backend=backend), state
+
+  return mix
+
+
 def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig,
             remat: bool = False) -> jax.Array:
   """Full causal attention over the whole sequence: float32 logits [B, T, V]."""
   b, t = tokens_BxT.shape
   positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   x, _ = run_layers(params["layers"], embed(params, tokens_BxT, cfg), positions_BxT, None,
-                    _full_causal_mix, cfg, remat)
+                    full_causal_mixer(cfg), cfg, remat)
   return unembed(params, x, cfg)

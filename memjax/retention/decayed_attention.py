@@ -8,12 +8,14 @@ so a key with retention β_j fades as β_j^(t−j) (query head h reads KV head h
 are visible when pos_j <= pos_t and, if segment ids are given, when both tokens belong to
 the same segment (packed sequences).
 
-Two XLA paths share one signature (a Pallas kernel can join them behind `impl`):
+Two XLA paths share one signature:
   - "reference" materialises the T×T logits and bias: the oracle for tests and short T.
   - "blockwise" maps over query blocks and scans over key blocks with an online softmax;
     no tensor larger than a block × block tile per (batch row, head) is formed, and tiles
     that are entirely masked are skipped. Any T works: the sequence is padded to a
     multiple of the block and padded keys are masked.
+A `backend` other than "xla" routes the call to the Pallas kernels of `memjax.kernels`
+(forward and backward), which take positions to be 0..T-1 in every row.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ _MASKED = -1e30
 def decayed_attention(q_BxTxHqxDh: jax.Array, k_BxTxHkvxDh: jax.Array, v_BxTxHkvxDh: jax.Array,
                       log_beta_BxTxHkv: jax.Array, positions_BxT: jax.Array, *,
                       segment_ids: jax.Array | None = None, soft_cap: float | None = None,
-                      impl: Impl = "blockwise", block: int = 128,
-                      remat: bool = False) -> jax.Array:
+                      impl: Impl = "blockwise", block: int = 128, remat: bool = False,
+                      backend: str = "xla") -> jax.Array:
   """Causal GQA attention with the retention bias log β_j · (t − j) on the logits.
 
   Args:
@@ -48,10 +50,19 @@ def decayed_attention(q_BxTxHqxDh: jax.Array, k_BxTxHkvxDh: jax.Array, v_BxTxHkv
     block: tile length (tokens) of the blockwise path, for queries and keys alike.
     remat: blockwise only: recompute each query block in the backward pass
       (`jax.checkpoint`), so that backward memory is O(block × T) per head, not O(T²).
+    backend: "xla" runs `impl`; "auto", "tpu" or "gpu" (a `ModelConfig.attention_impl`)
+      runs `memjax.kernels.flash_attention` when it resolves to a Pallas kernel, which
+      requires positions_BxT = 0..T-1 in every row (packed documents via segment ids).
 
   Returns:
     out_BxTxHqxDh in the dtype of q; softmax and accumulation run in float32.
   """
+  if backend != "xla":
+    from memjax import kernels  # Imported here: the kernels use this module as their oracle.
+    if kernels.resolve(backend) != "xla":
+      return kernels.flash_attention(q_BxTxHqxDh, k_BxTxHkvxDh, v_BxTxHkvxDh, log_beta_BxTxHkv,
+                                     segment_ids=segment_ids, soft_cap=soft_cap,
+                                     backend=backend)
   if segment_ids is None:
     segment_ids = jnp.zeros(positions_BxT.shape, jnp.int32)
   args = (q_BxTxHqxDh, k_BxTxHkvxDh, v_BxTxHkvxDh, log_beta_BxTxHkv, positions_BxT, segment_ids)
