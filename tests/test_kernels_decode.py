@@ -85,3 +85,13 @@ def test_budgeted_chunks_through_the_kernel_equal_the_xla_path():
   assert rel_err(got, want) < TOLERANCE["float32"]
   np.testing.assert_array_equal(got_cache.groups[0].pos, want_cache.groups[0].pos)
   assert rel_err(got_cache.groups[0].stats, want_cache.groups[0].stats) < TOLERANCE["float32"]
+
+
+def test_without_slot_mass_the_output_is_unchanged():
+  q, cache, positions = cache_and_queries(4, 1, 2, 30, 2, 2, jnp.float32)
+  with_mass = decode_attention(q, cache, positions=positions, backend="gpu", interpret=True,
+                               block_s=16)
+  out, mass = decode_attention(q, cache, positions=positions, backend="gpu", interpret=True,
+                               block_s=16, with_slot_mass=False)
+  assert mass is None
+  np.testing.assert_array_equal(out, with_mass[0])

@@ -26,15 +26,15 @@ from memjax.retention import gate
 Output = Literal["last_logits", "target_logprobs"]
 
 
-def _attend_slots(q, cache: LayerCache, positions_BxC, attention_impl):
+def _attend_slots(q, cache: LayerCache, positions_BxC, attention_impl, with_probs: bool):
   """Attention of the chunk's queries over slots (causal by position, empty slots masked).
 
-  Returns the output and the probabilities as policies read them, [B, Hkv, 1, C, N]: the
-  kernel gives them already averaged over each KV head's group of query heads.
+  Returns the output and, if asked, the probabilities as policies read them,
+  [B, Hkv, 1, C, N]: already averaged over each KV head's group of query heads.
   """
-  out, slot_mass_BxHkvxCxN = kernels.decode_attention(q, cache, positions=positions_BxC,
-                                                      backend=attention_impl)
-  return out, slot_mass_BxHkvxCxN[:, :, None]
+  out, slot_mass_BxHkvxCxN = kernels.decode_attention(
+      q, cache, positions=positions_BxC, backend=attention_impl, with_slot_mass=with_probs)
+  return out, (slot_mass_BxHkvxCxN[:, :, None] if with_probs else None)
 
 
 def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
@@ -52,7 +52,7 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
       cache = kv_cache.append_in_order(cache, einops.rearrange(k, "b c h d -> b h c d"),
                                        einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                        positions_BxC[:, 0])
-      return _attend_slots(q, cache, positions_BxC, attention_impl)[0], (cache, layer)
+      return _attend_slots(q, cache, positions_BxC, attention_impl, False)[0], (cache, layer)
     fresh_stats_BxHkvxC = None
     if policy.uses_retention_gate:
       log_beta_BxCxHkv = gate.log_beta(gate.layer_gate(p, f"policy {policy.name!r}"), h)
@@ -60,7 +60,8 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
     cands = kv_cache.candidates_of(cache, einops.rearrange(k, "b c h d -> b h c d"),
                                    einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                    fresh_stats_BxHkvxC)
-    out, probs = _attend_slots(q, cands, positions_BxC, attention_impl)
+    out, probs = _attend_slots(q, cands, positions_BxC, attention_impl,
+                               policy.needs_attention)
     cands = cands._replace(stats=policy.observe(cands.stats, probs, valid_BxC))
     return out, (kv_cache.evict(cands, policy, t_end_B, layer, cache.capacity), layer)
 

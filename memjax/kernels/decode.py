@@ -22,7 +22,8 @@ DEFAULT_BLOCK_S = {"tpu": 512, "gpu": 256}
 
 def decode_attention(q: jax.Array, cache, *, positions: jax.Array | None = None,
                      backend: Backend = "auto", interpret: bool = False,
-                     block_s: int | None = None) -> tuple[jax.Array, jax.Array]:
+                     block_s: int | None = None,
+                     with_slot_mass: bool = True) -> tuple[jax.Array, jax.Array | None]:
   """Grouped-query attention of C queries over the S slots of one layer's cache.
 
   Args:
@@ -34,11 +35,14 @@ def decode_attention(q: jax.Array, cache, *, positions: jax.Array | None = None,
     backend: "auto" (Pallas on TPU/GPU, XLA on CPU), "xla", "tpu" or "gpu".
     interpret: run the Pallas kernel in interpret mode (CPU testing).
     block_s: slots per kernel program (default per backend, shrunk for small caches).
+    with_slot_mass: False skips the per-slot mass (the kernel then neither writes nor
+      combines per-slot numerators: a policy that does not read attention saves that traffic).
 
   Returns:
     out: [B, C, Hq, D] in the dtype of q (zero for a query that sees no slot).
     slot_mass: float32 [B, Hkv, C, S], the attention probability of each slot for each
-      query, averaged over the G query heads of the slot's KV head.
+      query, averaged over the G query heads of the slot's KV head (None without
+      `with_slot_mass`).
   """
   impl = resolve(backend)
   slot_pos_BxHkvxS = cache.pos
@@ -48,13 +52,14 @@ def decode_attention(q: jax.Array, cache, *, positions: jax.Array | None = None,
     mask_BxHkvxCxS = ((slot_pos_BxHkvxS[:, :, None, :] >= 0)
                       & (slot_pos_BxHkvxS[:, :, None, :] <= query_pos_BxC[:, None, :, None]))
     out, probs_BxHkvxGxCxS = reference.attend(q, cache.k, cache.v, mask_BxHkvxCxS)
-    return out, jnp.mean(probs_BxHkvxGxCxS, axis=2)
+    return out, (jnp.mean(probs_BxHkvxGxCxS, axis=2) if with_slot_mass else None)
   return _pallas(impl, q, cache.k, cache.v, slot_pos_BxHkvxS, query_pos_BxC,
-                 block_s=block_s or DEFAULT_BLOCK_S[impl], interpret=interpret)
+                 block_s=block_s or DEFAULT_BLOCK_S[impl], with_slot_mass=with_slot_mass,
+                 interpret=interpret)
 
 
 def _pallas(impl, q_BxCxHqxD, k_BxHkvxSxD, v_BxHkvxSxD, slot_pos_BxHkvxS, query_pos_BxC, *,
-            block_s, interpret):
+            block_s, with_slot_mass, interpret):
   b, c, _, d = q_BxCxHqxD.shape
   n_kv, s = k_BxHkvxSxD.shape[1], k_BxHkvxSxD.shape[2]
   group = q_BxCxHqxD.shape[2] // n_kv
@@ -70,20 +75,23 @@ def _pallas(impl, q_BxCxHqxD, k_BxHkvxSxD, v_BxHkvxSxD, slot_pos_BxHkvxS, query_
   partials = decode_kernel.split_k(
       impl, q, q_pos, pad_slots(k_BxHkvxSxD), pad_slots(v_BxHkvxSxD),
       pad_slots(slot_pos_BxHkvxS, fill=-1)[:, :, None, :], block_s=block_s,
-      interpret=interpret)
+      numerators=with_slot_mass, interpret=interpret)
   out_BxHkvxRxD, probs_BxHkvxRxSp = combine(*partials)
   out = einops.rearrange(out_BxHkvxRxD[:, :, :group * c], "b h (g c) d -> b c (h g) d", g=group)
+  if not with_slot_mass:
+    return out.astype(q_BxCxHqxD.dtype), None
   probs = einops.rearrange(probs_BxHkvxRxSp[:, :, :group * c, :s], "b h (g c) s -> b h g c s",
                            g=group)
   return out.astype(q_BxCxHqxD.dtype), jnp.mean(probs, axis=2)
 
 
-def combine(acc_BxHkvxNxRxD, max_BxHkvxNxRx1, sum_BxHkvxNxRx1, numerators_BxHkvxRxSp):
+def combine(acc_BxHkvxNxRxD, max_BxHkvxNxRx1, sum_BxHkvxNxRx1, numerators_BxHkvxRxSp=None):
   """Merge split-K partials over the N slot blocks.
 
   Returns:
     out [B, Hkv, R, D] float32, normalised (zero for rows that saw no slot);
-    probs [B, Hkv, R, Sp] float32 attention probabilities of every (padded) slot.
+    probs [B, Hkv, R, Sp] float32 attention probabilities of every (padded) slot, or None
+      without numerators.
   """
   max_BxHkvx1xRx1 = jnp.max(max_BxHkvxNxRx1, axis=2, keepdims=True)
   shift = jnp.where(max_BxHkvx1xRx1 == -jnp.inf, 0.0, max_BxHkvx1xRx1)
@@ -92,6 +100,8 @@ def combine(acc_BxHkvxNxRxD, max_BxHkvxNxRx1, sum_BxHkvxNxRx1, numerators_BxHkvx
   inv_total = jnp.where(total_BxHkvxRx1 > 0, 1.0 / jnp.where(total_BxHkvxRx1 > 0,
                                                            total_BxHkvxRx1, 1.0), 0.0)
   out = jnp.sum(weight_BxHkvxNxRx1 * acc_BxHkvxNxRxD, axis=2) * inv_total
+  if numerators_BxHkvxRxSp is None:
+    return out, None
   scale_BxHkvxRxNx1 = einops.rearrange(weight_BxHkvxNxRx1, "b h n r 1 -> b h r n 1") * inv_total[
       :, :, :, None]
   numerators = einops.rearrange(numerators_BxHkvxRxSp, "b h r (n s) -> b h r n s",

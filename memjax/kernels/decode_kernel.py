@@ -4,8 +4,8 @@ One program per (batch row, KV head, slot block), every grid axis parallel, so e
 batch of one fills the machine. A program sees the G·C query rows of its KV head (the
 group's heads times the chunk's queries) and block_s slots, and writes partial results
 that `decode.combine` merges: the block's row max, row sum of exp(s − max), unnormalised
-output Σ exp(s − max) v, and the per-slot numerators exp(s − max) themselves, from which
-the per-slot attention mass follows without a second pass over K.
+output Σ exp(s − max) v, and (when asked) the per-slot numerators exp(s − max) themselves,
+from which the per-slot attention mass follows without a second pass over K.
 
 The same kernel body serves TPU (Mosaic BlockSpecs, parallel dimension semantics) and GPU
 (Triton). Status: verified only in interpret mode on CPU (the TPU interpreter and the HLO
@@ -31,8 +31,7 @@ from memjax.kernels.backend import interpret_params
 _SQ = pl.squeezed
 
 
-def _kernel(q_ref, q_pos_ref, k_ref, v_ref, pos_ref, acc_ref, max_ref, sum_ref, p_ref, *,
-            scale):
+def _kernel(q_ref, q_pos_ref, k_ref, v_ref, pos_ref, acc_ref, max_ref, sum_ref, *p_ref, scale):
   slot_pos_1xS = pos_ref[...]
   visible_RxS = (slot_pos_1xS >= 0) & (slot_pos_1xS <= q_pos_ref[...])
   s_RxS = jnp.where(visible_RxS, tiles.matmul_nt(q_ref[...], k_ref[...]) * scale, -jnp.inf)
@@ -40,12 +39,15 @@ def _kernel(q_ref, q_pos_ref, k_ref, v_ref, pos_ref, acc_ref, max_ref, sum_ref, 
   max_ref[...] = max_Rx1
   sum_ref[...] = jnp.sum(p_RxS, axis=1, keepdims=True)
   acc_ref[...] = tiles.matmul(p_RxS.astype(v_ref.dtype), v_ref[...])
-  p_ref[...] = p_RxS
+  if p_ref:
+    p_ref[0][...] = p_RxS
 
 
-def split_k(backend: str, q, q_pos, k, v, slot_pos, *, block_s: int, interpret: bool):
-  """Partial results per slot block: (acc [B, Hkv, n, R, D], max and sum [B, Hkv, n, R, 1],
-  numerators [B, Hkv, R, Np]), all float32; n = Np / block_s."""
+def split_k(backend: str, q, q_pos, k, v, slot_pos, *, block_s: int, numerators: bool,
+            interpret: bool):
+  """Partial results per slot block: acc [B, Hkv, n, R, D], max and sum [B, Hkv, n, R, 1]
+  and, if `numerators`, the per-slot numerators [B, Hkv, R, Np]; all float32, n = Np / block_s.
+  """
   b, n_kv, rows, d = q.shape
   n_blocks = k.shape[2] // block_s
   partial = lambda width: pl.BlockSpec((_SQ, _SQ, _SQ, rows, width),
@@ -56,6 +58,10 @@ def split_k(backend: str, q, q_pos, k, v, slot_pos, *, block_s: int, interpret: 
   else:
     compiler_params = pltriton.CompilerParams(num_warps=4, num_stages=2)
   stats_shape = jax.ShapeDtypeStruct((b, n_kv, n_blocks, rows, 1), jnp.float32)
+  numerator_spec, numerator_shape = [], []
+  if numerators:
+    numerator_spec = [pl.BlockSpec((_SQ, _SQ, rows, block_s), lambda b, h, s: (b, h, 0, s))]
+    numerator_shape = [jax.ShapeDtypeStruct((b, n_kv, rows, k.shape[2]), jnp.float32)]
   return pl.pallas_call(
       functools.partial(_kernel, scale=d ** -0.5),
       grid=(b, n_kv, n_blocks),
@@ -63,10 +69,8 @@ def split_k(backend: str, q, q_pos, k, v, slot_pos, *, block_s: int, interpret: 
                 pl.BlockSpec((_SQ, rows, 1), lambda b, h, s: (b, 0, 0)),
                 kv_spec, kv_spec,
                 pl.BlockSpec((_SQ, _SQ, 1, block_s), lambda b, h, s: (b, h, 0, s))],
-      out_specs=[partial(d), partial(1), partial(1),
-                 pl.BlockSpec((_SQ, _SQ, rows, block_s), lambda b, h, s: (b, h, 0, s))],
+      out_specs=[partial(d), partial(1), partial(1)] + numerator_spec,
       out_shape=[jax.ShapeDtypeStruct((b, n_kv, n_blocks, rows, d), jnp.float32),
-                 stats_shape, stats_shape,
-                 jax.ShapeDtypeStruct((b, n_kv, rows, k.shape[2]), jnp.float32)],
+                 stats_shape, stats_shape] + numerator_shape,
       compiler_params=compiler_params,
       interpret=interpret_params(backend, interpret))(q, q_pos, k, v, slot_pos)
