@@ -17,7 +17,7 @@ from memjax.kernels import decode_kernel
 from memjax.kernels.backend import Backend, resolve
 
 # Slots per kernel program. See experiments/results/kernels.md.
-DEFAULT_BLOCK_S = {"tpu": 512, "gpu": 256}
+DEFAULT_BLOCK_S = {"tpu": 2048, "gpu": 256}
 
 
 def decode_attention(q: jax.Array, cache, *, positions: jax.Array | None = None,
@@ -63,35 +63,32 @@ def _pallas(impl, q_BxCxHqxD, k_BxHkvxSxD, v_BxHkvxSxD, slot_pos_BxHkvxS, query_
   b, c, _, d = q_BxCxHqxD.shape
   n_kv, s = k_BxHkvxSxD.shape[1], k_BxHkvxSxD.shape[2]
   group = q_BxCxHqxD.shape[2] // n_kv
-  block_s = min(block_s, _round_slots(s, impl))
-  slots = -(-s // block_s) * block_s
-  rows = _round_rows(group * c, impl)
-  pad_slots = lambda x, fill=0: jnp.pad(x, [(0, 0), (0, 0), (0, slots - s)]
-                                        + [(0, 0)] * (x.ndim - 3), constant_values=fill)
+  rows = round_rows(group * c, impl)
   pad_rows = lambda x, fill=0: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, rows - group * c),
                                                                     (0, 0)], constant_values=fill)
   q = pad_rows(einops.rearrange(q_BxCxHqxD, "b c (h g) d -> b h (g c) d", h=n_kv))
   q_pos = pad_rows(einops.repeat(query_pos_BxC, "b c -> b (g c) 1", g=group), fill=-1)
-  partials = decode_kernel.split_k(
-      impl, q, q_pos, pad_slots(k_BxHkvxSxD), pad_slots(v_BxHkvxSxD),
-      pad_slots(slot_pos_BxHkvxS, fill=-1)[:, :, None, :], block_s=block_s,
-      numerators=with_slot_mass, interpret=interpret)
-  out_BxHkvxRxD, probs_BxHkvxRxSp = combine(*partials)
+  block_s = min(block_s, round_slots(s, impl))
+  partials = decode_kernel.split_k(impl, q, q_pos, k_BxHkvxSxD, v_BxHkvxSxD,
+                                   slot_pos_BxHkvxS[:, :, None, :], block_s=block_s,
+                                   numerators=with_slot_mass, interpret=interpret)
+  out_BxHkvxRxD, probs_BxHkvxRxS = combine(*partials, block_s=block_s)
   out = einops.rearrange(out_BxHkvxRxD[:, :, :group * c], "b h (g c) d -> b c (h g) d", g=group)
   if not with_slot_mass:
     return out.astype(q_BxCxHqxD.dtype), None
-  probs = einops.rearrange(probs_BxHkvxRxSp[:, :, :group * c, :s], "b h (g c) s -> b h g c s",
+  probs = einops.rearrange(probs_BxHkvxRxS[:, :, :group * c], "b h (g c) s -> b h g c s",
                            g=group)
   return out.astype(q_BxCxHqxD.dtype), jnp.mean(probs, axis=2)
 
 
-def combine(acc_BxHkvxNxRxD, max_BxHkvxNxRx1, sum_BxHkvxNxRx1, numerators_BxHkvxRxSp=None):
-  """Merge split-K partials over the N slot blocks.
+def combine(acc_BxHkvxNxRxD, max_BxHkvxNxRx1, sum_BxHkvxNxRx1, numerators_BxHkvxRxS=None, *,
+            block_s: int):
+  """Merge split-K partials over the N slot blocks of `block_s` slots.
 
   Returns:
     out [B, Hkv, R, D] float32, normalised (zero for rows that saw no slot);
-    probs [B, Hkv, R, Sp] float32 attention probabilities of every (padded) slot, or None
-      without numerators.
+    probs [B, Hkv, R, S] float32 attention probabilities of every slot, or None without
+      numerators.
   """
   max_BxHkvx1xRx1 = jnp.max(max_BxHkvxNxRx1, axis=2, keepdims=True)
   shift = jnp.where(max_BxHkvx1xRx1 == -jnp.inf, 0.0, max_BxHkvx1xRx1)
@@ -100,21 +97,19 @@ def combine(acc_BxHkvxNxRxD, max_BxHkvxNxRx1, sum_BxHkvxNxRx1, numerators_BxHkvx
   inv_total = jnp.where(total_BxHkvxRx1 > 0, 1.0 / jnp.where(total_BxHkvxRx1 > 0,
                                                            total_BxHkvxRx1, 1.0), 0.0)
   out = jnp.sum(weight_BxHkvxNxRx1 * acc_BxHkvxNxRxD, axis=2) * inv_total
-  if numerators_BxHkvxRxSp is None:
+  if numerators_BxHkvxRxS is None:
     return out, None
-  scale_BxHkvxRxNx1 = einops.rearrange(weight_BxHkvxNxRx1, "b h n r 1 -> b h r n 1") * inv_total[
-      :, :, :, None]
-  numerators = einops.rearrange(numerators_BxHkvxRxSp, "b h r (n s) -> b h r n s",
-                                n=acc_BxHkvxNxRxD.shape[2])
-  probs = einops.rearrange(numerators * scale_BxHkvxRxNx1, "b h r n s -> b h r (n s)")
-  return out, probs
+  scale_BxHkvxRxN = einops.rearrange(weight_BxHkvxNxRx1, "b h n r 1 -> b h r n") * inv_total
+  n_slots = numerators_BxHkvxRxS.shape[-1]
+  scale_BxHkvxRxS = jnp.repeat(scale_BxHkvxRxN, block_s, axis=-1)[..., :n_slots]
+  return out, numerators_BxHkvxRxS * scale_BxHkvxRxS
 
 
-def _round_slots(s: int, impl: str) -> int:
+def round_slots(s: int, impl: str) -> int:
   """Smallest block covering a small cache: lane multiple (TPU) or power of two (GPU)."""
   return max(16, 1 << (s - 1).bit_length()) if impl == "gpu" else -(-s // 128) * 128
 
 
-def _round_rows(rows: int, impl: str) -> int:
+def round_rows(rows: int, impl: str) -> int:
   """Query rows padded to a sublane multiple (TPU) or a power of two >= 16 (Triton dots)."""
   return max(16, 1 << (rows - 1).bit_length()) if impl == "gpu" else -(-rows // 8) * 8

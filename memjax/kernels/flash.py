@@ -23,8 +23,20 @@ from memjax.kernels.flash_layout import FlashConfig
 from memjax.retention.decayed_attention import decayed_attention
 
 _KERNELS = {"tpu": flash_tpu, "gpu": flash_gpu}
-# Tile lengths (tokens) per backend: (block_q, block_k). See experiments/results/kernels.md.
-DEFAULT_BLOCKS = {"tpu": (128, 128), "gpu": (64, 64)}
+# Tile lengths (tokens) per backend: (block_q, block_k), chosen with
+# experiments/kernel_roofline.py (see experiments/results/kernels.md). On TPU a tile holds
+# G · block_q query rows, so `default_blocks` shrinks block_q for large groups.
+DEFAULT_BLOCKS = {"tpu": (256, 512), "gpu": (128, 64)}
+_TPU_MAX_ROWS = 1024
+
+
+def default_blocks(impl: str, group: int) -> tuple[int, int]:
+  """(block_q, block_k) for a backend and GQA group size G."""
+  block_q, block_k = DEFAULT_BLOCKS[impl]
+  if impl == "tpu":
+    while block_q > 64 and group * block_q > _TPU_MAX_ROWS:
+      block_q //= 2
+  return block_q, block_k
 
 
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_beta: jax.Array | None = None,
@@ -46,8 +58,8 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_beta: jax.Arra
     soft_cap: optional logit cap (Gemma-2 style).
     backend: "auto" (Pallas on TPU/GPU, XLA on CPU), "xla", "tpu" or "gpu".
     interpret: run the Pallas kernels in interpret mode (CPU testing).
-    block_q, block_k: kernel tile lengths; default per backend (`DEFAULT_BLOCKS`),
-      shrunk to the sequence when it is shorter.
+    block_q, block_k: kernel tile lengths; default per backend and group size
+      (`default_blocks`), shrunk to the sequence when it is shorter.
 
   Returns:
     [B, T, Hq, D] in the dtype of q. Differentiable in q, k, v and log_beta.
@@ -57,9 +69,9 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_beta: jax.Arra
   impl = resolve(backend)
   if impl == "xla":
     return _xla(q, k, v, log_beta, causal=causal, segment_ids=segment_ids, soft_cap=soft_cap)
-  b, t, _, d = q.shape
-  default_q, default_k = DEFAULT_BLOCKS[impl]
-  short = _short_block(t, impl)
+  b, t, n_heads, d = q.shape
+  default_q, default_k = default_blocks(impl, n_heads // k.shape[2])
+  short = short_block(t, impl)
   block_q, block_k = min(block_q or default_q, short), min(block_k or default_k, short)
   cfg = FlashConfig(causal=causal, soft_cap=soft_cap, scale=d ** -0.5, kv_len=t,
                     block_q=block_q, block_k=block_k, interpret=interpret)
@@ -69,7 +81,7 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_beta: jax.Arra
   return flash_layout.q_from_kernel(out5, t)
 
 
-def _short_block(t: int, impl: str) -> int:
+def short_block(t: int, impl: str) -> int:
   """A tile that covers a short sequence: rounded up to 8 rows (TPU) or a power of two
   of at least 16 (Triton's block shapes and dot sizes)."""
   if impl == "gpu":
