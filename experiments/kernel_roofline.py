@@ -189,11 +189,14 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--write", action="store_true", help="update experiments/results/kernels.md")
   args = parser.parse_args()
-  tables = (f"{BEGIN}\n\n### Tile choice: forward + backward, one layer, T = 16384, batch 1, "
-            f"bf16\n\n{block_table()}\n\n### Training: flash attention with decay, forward + backward, one layer, "
-            f"batch 1, bf16\n\n{training_table()}\n\n### Decode: one query token (C = 1) over "
-            f"S + 1 candidate slots, one layer, bf16 cache, kernel + combine\n\n{decode_table()}\n\n"
-            f"{END}")
+  sections = [
+      ("Tile choice: forward + backward, one layer, T = 16384, batch 1, bf16", block_table()),
+      ("Training: flash attention with decay, forward + backward, one layer, batch 1, bf16",
+       training_table()),
+      ("Decode: one query token (C = 1) over S + 1 candidate slots, one layer, bf16 cache, "
+       "kernel + combine", decode_table())]
+  body = "\n\n".join(f"### {title}\n\n{table}" for title, table in sections)
+  tables = f"{BEGIN}\n\n{body}\n\n{END}"
   print(tables)
   if args.write:
     text = RESULTS.read_text()
