@@ -14,7 +14,7 @@ from memjax.eval.perplexity import budgeted_logprobs
 from memjax.generation import generate
 from memjax.models import llama
 from memjax.attention import reference
-from memjax.retention import add_gates, init_gate_params, log_beta
+from memjax.retention import add_gates, forward_gated, init_gate_params, log_beta
 from tests.helpers import tiny_model
 
 PLANTED_ID, PLANTED_POS = 5, 3
@@ -49,22 +49,6 @@ def test_scores_equal_log_beta_times_age():
           np.testing.assert_allclose(got[i, head, slot], want, rtol=1e-6)
 
 
-def full_attention_log_beta(params, cfg, tokens_BxT):
-  """log β [L, B, T, Hkv] of every layer when the model attends with plain full attention
-  (inference: β only ranks tokens, it does not decay the attention)."""
-  b, t = tokens_BxT.shape
-  mask = reference.causal_mask(jnp.broadcast_to(jnp.arange(t), (b, t)))
-
-  def mix(p, h, q, k, v, positions, state):
-    out, _ = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
-    return out, log_beta(p["gate"], h)
-
-  positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  _, log_beta_LxBxTxHkv = llama.run_layers(params["layers"], llama.embed(params, tokens_BxT, cfg),
-                                           positions, None, mix, cfg)
-  return np.asarray(log_beta_LxBxTxHkv)
-
-
 def test_fresh_stats_are_the_gate_log_beta():
   """Without eviction (budget > length) the outputs are those of full attention and every
   cached slot holds the log β its layer's gate gave the token."""
@@ -76,7 +60,8 @@ def test_fresh_stats_are_the_gate_log_beta():
   logp = jax.nn.log_softmax(llama.forward(params, toks, cfg), axis=-1)
   want = np.take_along_axis(np.asarray(logp)[:, :-1], toks[:, 1:, None], axis=-1)[..., 0]
   np.testing.assert_allclose(got, want, atol=2e-5)
-  log_beta_LxBxTxHkv = full_attention_log_beta(gated, cfg, toks)
+  # Inference attends without decay: β only ranks tokens.
+  log_beta_LxBxTxHkv = np.asarray(forward_gated(gated, toks, cfg, decay=False)[1])
   pos_LxBxHkvxS = np.asarray(cache.groups[0].pos)
   stats_LxBxHkvxS = np.asarray(cache.groups[0].stats)
   assert np.ptp(stats_LxBxHkvxS[pos_LxBxHkvxS >= 0]) > 0.1, "the gates must vary by token"
@@ -130,3 +115,91 @@ def test_learned_without_gates_is_a_clear_error():
   with pytest.raises(ValueError, match="policy 'learned' needs retention gates"):
     generate.generate_ids(params, cfg, [[1, 2, 3]], policy="learned", budget=8,
                           max_new_tokens=1)
+
+
+MARKER_ID = 7
+
+
+def marker_model():
+  """A tiny model whose first layer attends almost only to the token MARKER_ID.
+
+  Every embedding shares a strong direction c and the marker's is a direction u ⟂ c;
+  layer 0 maps c to one query vector and u to a key aligned with it (and to a large
+  value). RoPE is made negligible (huge base) so the match does not depend on distance.
+  """
+  cfg, params = tiny_model(rope_theta=1e9)
+  rng = np.random.default_rng(0)
+  c, u = np.linalg.qr(rng.normal(size=(cfg.d_model, 2)))[0].T
+  embed = 0.3 * rng.normal(size=(cfg.vocab_size, cfg.d_model)) + 4.0 * c
+  embed[MARKER_ID] = 4.0 * u + 0.3 * rng.normal(size=cfg.d_model)
+  a_Dh = rng.normal(size=cfg.head_dim)
+  a_Dh *= 2.0 / np.linalg.norm(a_Dh)
+  layers = jax.tree.map(np.array, params["layers"])
+  layers["wq"][0] += np.outer(c, np.tile(a_Dh, cfg.n_heads))
+  layers["wk"][0] += np.outer(u, np.tile(a_Dh, cfg.n_kv_heads))
+  layers["wv"][0] += np.outer(u, np.tile(5.0 * a_Dh, cfg.n_kv_heads))
+  params = jax.tree.map(jnp.asarray, {**params, "embed": embed.astype(np.float32),
+                                      "layers": layers})
+  return cfg, params
+
+
+def marker_tokens(seed, b, t, marker_pos):
+  """Random tokens without the marker, then the marker at `marker_pos` of every row."""
+  toks = tokens(seed, b, t)
+  toks[toks == MARKER_ID] = MARKER_ID + 1
+  toks[np.arange(b), marker_pos] = MARKER_ID
+  return toks
+
+
+def layer0_attention(params, cfg, toks_BxT):
+  """Attention probabilities [B, Hkv, G, T, T] of layer 0 under full causal attention."""
+  p0 = jax.tree.map(lambda a: a[0], params["layers"])
+  h = llama.rms_norm(llama.embed(params, toks_BxT, cfg), p0["attn_norm"], cfg.norm_eps)
+  positions = jnp.broadcast_to(jnp.arange(toks_BxT.shape[1]), toks_BxT.shape)
+  q, k, v = llama.qkv(p0, h, positions, cfg)
+  _, probs = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2),
+                              reference.causal_mask(positions))
+  return probs
+
+
+def test_tiny_training_learns_to_keep_what_the_teacher_attends_to():
+  """End to end: the TRIM-KV loss trains the gates of a tiny model whose first layer reads
+  one marker token; the learned policy then keeps that token in layer 0 while `window`,
+  with the same budget, has evicted it."""
+  from memjax.train import (MethodConfig, TrainConfig, TrimKVConfig, init_state,
+                            make_optimizer, make_train_step)
+  from memjax.train.methods import trim_kv_loss
+
+  cfg, params = marker_model()
+  toks = marker_tokens(0, 4, 40, 3)
+  probs_BxHkvxGxTxT = layer0_attention(params, cfg, toks)
+  assert float(jnp.mean(probs_BxHkvxGxTxT[..., 10:, 3])) > 0.9, "precondition: layer 0 reads the marker"
+
+  train_cfg = TrainConfig(steps=120, lr=3e-2, warmup_steps=5, end_lr=1e-3, method=MethodConfig(
+      name="trim_kv", trim_kv=TrimKVConfig(memory_M=6, gate_hidden=8, gate_bias_init=3.0,
+                                           attention="reference")))
+  loss_fn = trim_kv_loss(cfg, train_cfg)
+  gates = init_gate_params(cfg, 8, jax.random.PRNGKey(1), bias_init=3.0)
+  optimizer, schedule = make_optimizer(train_cfg)
+  state = init_state({"layers": {"gate": gates}}, optimizer, 0)
+  step = make_train_step(loss_fn, optimizer, 1, schedule)
+  rng = np.random.default_rng(5)
+  history = []
+  for i in range(train_cfg.steps):
+    batch = marker_tokens(100 + i, 8, 48, rng.integers(0, 12, size=8))
+    state, metrics = step(state, params, {"tokens": jnp.asarray(batch)})
+    history.append({k: float(v) for k, v in metrics.items()})
+  first, last = ({k: np.mean([h[k] for h in part]) for k in part[0]}
+                 for part in (history[:10], history[-10:]))
+  assert last["loss"] < first["loss"] and last["capacity"] < 0.5 * first["capacity"]
+
+  gated = add_gates(params, state.trainable["layers"]["gate"])
+  toks, s = marker_tokens(999, 4, 48, 3), 16
+  log_beta_LxBxTxHkv = np.asarray(forward_gated(gated, jnp.asarray(toks), cfg, decay=False)[1])
+  # In layer 0 the marker lasts several times longer than the average other token.
+  half_life_BxTxHkv = np.log(0.5) / log_beta_LxBxTxHkv[0]
+  assert (half_life_BxTxHkv[:, 3] > 3 * half_life_BxTxHkv[:, 4:].mean(axis=1)).all()
+  _, learned = budgeted_logprobs(gated, cfg, toks, get_policy("learned"), [s, s], chunk=4)
+  _, window = budgeted_logprobs(gated, cfg, toks, get_policy("window"), [s, s], chunk=4)
+  assert (np.asarray(learned.groups[0].pos)[0] == 3).any(axis=-1).all()  # every row and head
+  assert not (np.asarray(window.groups[0].pos)[0] == 3).any()
