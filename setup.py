@@ -34,6 +34,9 @@ setup(
         "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "transformers>=5,<6",
                  "accelerate>=1.0"],
         "notebooks": ["jupyter", "nbclient>=0.10", "ipykernel"],
+        # Accelerator runtimes (the Pallas kernels have only run in interpret mode so far).
+        "tpu": ["jax[tpu]>=0.10,<0.11"],
+        "gpu": ["jax[cuda12]>=0.10,<0.11"],
     },
     entry_points={"console_scripts": ["memjax=memjax.cli:main"]},
 )

@@ -6,7 +6,7 @@ NAME is one of ABLATIONS. Every ablation starts from configs/trimkv_smollm2.yaml
 shorter schedule SHORT (so that all of them fit in one CPU session) and changes one thing;
 "full_objective" changes nothing and is the baseline they are compared with. The gates are
 evaluated like the shipped ones (configs/trimkv_eval.yaml: query-agnostic single needle,
-~2,000 tokens, 16 cases) at a 25% budget. Training resumes from its checkpoints and the
+~2,000 tokens, 16 cases, and held-out perplexity) at a 25% budget. Training resumes from its checkpoints and the
 evaluation from its row log, so an interrupted command picks up where it stopped. Results
 go to experiments/results/trimkv_ablations.rows.jsonl; `python experiments/trimkv_report.py`
 puts them in experiments/results/trimkv_smollm2.md.
@@ -33,7 +33,7 @@ ABLATIONS = {
     "width_16": ["method.trim_kv.gate_hidden=16"],
     "width_256": ["method.trim_kv.gate_hidden=256"],
 }
-EVAL = ["policies=[learned]", "budgets=[0.25]", "perplexity=false"]
+EVAL = ["policies=[learned]", "budgets=[0.25]", "perplexity=true"]
 
 
 def gates_file(name: str) -> pathlib.Path:
@@ -53,9 +53,9 @@ def run_ablation(name: str) -> None:
   run(load_train_config(TRAIN_CONFIG, overrides), progress=True)
   export_gates(RUNS / name, gates_file(name))
   cfg = load_config(EvalConfig, EVAL_CONFIG, [*EVAL, f"gates={gates_file(name)}"])
-  rows = evaluate(cfg, log_path=ROWS)
-  print(f"{name}: learned at 25% answers {100 * rows[0]['accuracy']:.1f}% "
-        f"of {rows[0]['n']} cases")
+  accuracy, perplexity = evaluate(cfg, log_path=ROWS)
+  print(f"{name}: learned at 25% answers {100 * accuracy['accuracy']:.1f}% of "
+        f"{accuracy['n']} cases; held-out perplexity {perplexity['perplexity']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,15 +156,17 @@ def plot_tokens(log_beta_LxTxHkv: np.ndarray, needle: tuple[int, int],
 
 
 def ablation_table(metrics: dict[str, list[dict]]) -> str:
-  rows = {row["gates"].split("@")[0]: row for row in read_jsonl(ABLATION_ROWS)}
-  lines = ["| ablation | change | learned @ 25% | final CE | final KL | final capacity |",
-           "|---|---|---:|---:|---:|---:|"]
+  rows = {(row["gates"].split("@")[0], row["task"]): row for row in read_jsonl(ABLATION_ROWS)}
+  lines = ["| ablation | change | retrieval @ 25% (%) | perplexity @ 25% | final CE | "
+           "final KL | final capacity |", "|---|---|---:|---:|---:|---:|---:|"]
   for name, change in ABLATIONS.items():
-    row = rows.get(str(gates_file(name)))
+    retrieval = rows.get((str(gates_file(name)), "single"))
+    ppl = rows.get((str(gates_file(name)), "perplexity"))
     last = metrics.get(name, [{}])[-1]
-    acc = f"{100 * row['accuracy']:.1f} (n={row['n']})" if row else "not run"
-    cells = [f"{last[k]:.4g}" if k in last else "–" for k in ("ce", "kl", "capacity")]
-    lines.append(f"| {name} | {', '.join(change) or 'none (baseline)'} | {acc} | "
+    cells = [f"{100 * retrieval['accuracy']:.1f}" if retrieval else "not run",
+             f"{ppl['perplexity']:.2f}" if ppl else "not run",
+             *[f"{last[k]:.4g}" if k in last else "–" for k in ("ce", "kl", "capacity")]]
+    lines.append(f"| {name} | {', '.join(change) or 'none (baseline)'} | "
                  + " | ".join(cells) + " |")
   return "\n".join(lines)
 

@@ -97,7 +97,7 @@ def _jitted_forward(cfg: ModelConfig):
 
 
 def load(name_or_path: str = "smollm2-135m", dtype: str = "float32",
-         gates: str | None = None) -> LanguageModel:
+         gates: str | None = None, attention_impl: str = "auto") -> LanguageModel:
   """Load a model by registry name ("smollm2-135m"), .gguf path or Hugging Face directory.
 
   Args:
@@ -106,12 +106,14 @@ def load(name_or_path: str = "smollm2-135m", dtype: str = "float32",
     gates: TRIM-KV retention gates for policy "learned": a name shipped with memjax for
       this model ("trimkv" for "smollm2-135m") or an .npz from `memjax export-gates`.
       They stay float32 whatever `dtype` is.
+    attention_impl: "auto" (Pallas kernels on TPU/GPU, XLA on CPU), "xla", "tpu" or "gpu".
 
   Raises:
     memjax.retention.store.GateFileError: the gates are missing or do not fit the model.
   """
   from memjax.io import load_checkpoint
   cfg, params, tokenizer = load_checkpoint(name_or_path, dtype=dtype)
+  cfg = dataclasses.replace(cfg, attention_impl=attention_impl)
   params = llama.cast_params(params, cfg)
   if gates is not None:
     from memjax.retention import add_gates
