@@ -7,9 +7,95 @@ from typing import Literal
 
 import jax.numpy as jnp
 
+MEMORY_KINDS = ("pkm", "memory_plus", "titans")
+# Where a product-key memory goes in its block; Titans variants (memjax.memory.titans).
+PKM_PLACEMENTS = ("replace_mlp", "parallel")
+TITANS_VARIANTS = ("mag", "mal")
+
 # Attention implementations: "auto" = Pallas kernels on TPU/GPU, XLA on CPU (memjax.kernels).
 AttentionImpl = Literal["auto", "xla", "tpu", "gpu"]
 ATTENTION_IMPLS = ("auto", "xla", "tpu", "gpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryConfig:
+  """Memory layers of a decoder (memjax.memory; REFERENCES.md "Memory layers").
+
+  Attributes:
+    kind: "pkm" (product-key memory, Lample et al. 2019), "memory_plus" (Berges et al.
+      2024: W2(bag ⊙ silu(W1 x))) or "titans" (neural long-term memory, Behrouz et al. 2025).
+    layers: indices of the blocks that carry a memory.
+    placement: product keys only: "replace_mlp" (the memory is the block's feed-forward)
+      or "parallel" (memory output added to the MLP's, same normed input).
+    heads: product-key query heads, or Titans memory heads.
+    k_dim: width of one product-key query (two halves of k_dim / 2).
+    n_keys: sub-keys per half; the table has n_keys² value rows.
+    topk: slots kept per half and per head after the second top-k.
+    value_dim: width of a value row; None = d_model (required for "pkm").
+    query_norm: "rms" or "layer" normalisation of the queries (never batch norm: it leaks
+      future tokens in a causal model).
+    qk_norm: also RMS-normalise the sub-keys ("memory_plus" stability trick).
+    share_values: one value table for every memory layer (Memory+) instead of one each.
+    max_gather_elems: the chunked gather never builds a [tokens, heads·topk, value_dim]
+      tensor with more elements than this.
+    titans_variant: "mal" (memory as a layer before attention) or "mag" (memory output
+      gates the attention output).
+    titans_hidden: hidden width of each head's memory MLP.
+    titans_chunk: tokens per chunk of the parallel form (gradients at chunk-start weights).
+    titans_lr_max: largest inner learning rate θ.
+    window: if set, memory blocks attend over the last `window` positions only (the
+      sliding-window branch of Titans); None = full causal attention.
+  """
+
+  kind: Literal["pkm", "memory_plus", "titans"] = "pkm"
+  layers: tuple[int, ...] = ()
+  placement: Literal["replace_mlp", "parallel"] = "replace_mlp"
+  heads: int = 4
+  k_dim: int = 64
+  n_keys: int = 32
+  topk: int = 8
+  value_dim: int | None = None
+  query_norm: Literal["rms", "layer"] = "rms"
+  qk_norm: bool = False
+  share_values: bool = False
+  max_gather_elems: int = 1 << 22
+  titans_variant: Literal["mag", "mal"] = "mal"
+  titans_hidden: int = 64
+  titans_chunk: int = 16
+  titans_lr_max: float = 0.1
+  window: int | None = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "layers", tuple(self.layers))
+    if self.kind not in MEMORY_KINDS:
+      raise ValueError(f"memory kind must be one of {MEMORY_KINDS}, got {self.kind!r}")
+    if self.placement not in PKM_PLACEMENTS:
+      raise ValueError(f"memory placement must be one of {PKM_PLACEMENTS}, got {self.placement!r}")
+    if self.titans_variant not in TITANS_VARIANTS:
+      raise ValueError(
+          f"titans_variant must be one of {TITANS_VARIANTS}, got {self.titans_variant!r}")
+    if self.query_norm not in ("rms", "layer"):
+      raise ValueError(f"query_norm must be 'rms' or 'layer' (no batch norm: it leaks future "
+                       f"tokens), got {self.query_norm!r}")
+    if len(set(self.layers)) != len(self.layers) or any(i < 0 for i in self.layers):
+      raise ValueError(f"memory layers must be distinct non-negative indices, got {self.layers}")
+    if self.k_dim % 2:
+      raise ValueError(f"k_dim must be even (two product-key halves), got {self.k_dim}")
+    if not 1 <= self.topk <= self.n_keys:
+      raise ValueError(f"need 1 <= topk <= n_keys={self.n_keys}, got topk={self.topk}")
+    for field in ("heads", "n_keys", "max_gather_elems", "titans_hidden", "titans_chunk"):
+      if getattr(self, field) < 1:
+        raise ValueError(f"memory {field} must be >= 1, got {getattr(self, field)}")
+    if self.kind == "pkm" and self.value_dim is not None:
+      raise ValueError("pkm values are added to the residual stream: leave value_dim unset "
+                       "(it is d_model); memory_plus has its own width")
+    if self.window is not None and self.window < 1:
+      raise ValueError(f"window must be >= 1 or null, got {self.window}")
+
+  @property
+  def n_slots(self) -> int:
+    """Value rows of one table (n_keys²)."""
+    return self.n_keys * self.n_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +118,7 @@ class ModelConfig:
     attention_impl: "auto" (Pallas kernels on TPU/GPU, the XLA reference on CPU), "xla",
       "tpu" or "gpu"; selects the attention of `llama.forward`, of budgeted chunks
       (`generation.step`) and of retention-decayed attention.
+    memory: memory layers (memjax.memory), or None for a plain decoder.
   """
 
   vocab_size: int
@@ -47,6 +134,7 @@ class ModelConfig:
   tie_embeddings: bool = True
   dtype: str = "float32"
   attention_impl: AttentionImpl = "auto"
+  memory: MemoryConfig | None = None
 
   def __post_init__(self):
     if self.n_heads % self.n_kv_heads:
@@ -57,6 +145,14 @@ class ModelConfig:
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(
           f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
+    if self.memory is not None:
+      bad = [i for i in self.memory.layers if i >= self.n_layers]
+      if bad or not self.memory.layers:
+        raise ValueError(f"memory layers {self.memory.layers} must be a non-empty subset of "
+                         f"0..{self.n_layers - 1}")
+      if self.memory.kind == "titans" and self.d_model % self.memory.heads:
+        raise ValueError(f"d_model={self.d_model} is not a multiple of memory heads="
+                         f"{self.memory.heads}")
 
   @property
   def group_size(self) -> int:
