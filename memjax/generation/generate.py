@@ -11,6 +11,7 @@ import math
 from typing import Iterator, Sequence
 
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from memjax.cache import budgets as budgets_lib
@@ -18,6 +19,9 @@ from memjax.cache import kv_cache
 from memjax.cache.policies import Policy, get_policy
 from memjax.generation import step
 from memjax.models.config import ModelConfig
+from memjax.sharding import DEFAULT_RULES, put
+from memjax.sharding.inference import sharded_chunk_step
+from memjax.sharding.rules import Rules
 
 FULL_CAPACITY_QUANTUM = 256
 
@@ -99,7 +103,8 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
                  budget_schedule: budgets_lib.Schedule = "uniform",
                  questions: Sequence[Sequence[int]] | None = None, max_new_tokens: int = 32,
                  prefill_chunk: int = 512, temperature: float = 0.0, seed: int = 0,
-                 eos_id: int | None = None, progress: bool = False) -> list[list[int]]:
+                 eos_id: int | None = None, progress: bool = False, mesh: Mesh | None = None,
+                 rules: Rules | None = None) -> list[list[int]]:
   """Generate continuations for a batch of prompts under a KV budget.
 
   Args:
@@ -110,6 +115,9 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
       (query-agnostic protocol); they are inserted as one extra chunk.
     max_new_tokens: tokens generated per row; a row stops early at `eos_id`.
     prefill_chunk: tokens per prefill chunk C (peak cache = budget + C per layer).
+    mesh: run prefill and decode on this mesh (one process): the cache split over batch
+      rows and KV heads, params by their logical axes (`memjax.sharding`).
+    rules: logical axis rules for `mesh`; default `memjax.sharding.DEFAULT_RULES`.
 
   Returns:
     B lists of generated ids (without the prompt; the EOS token is not included).
@@ -124,7 +132,12 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
   total = max(len(p) for p in prompts) + longest_question + max_new_tokens
   per_layer = resolve_budgets(cfg, policy, budget, total, budget_schedule)
   cache = kv_cache.init_cache(per_layer, batch, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype)
-  chunk_fn = step.jitted_chunk_step(cfg, policy, "last_logits")
+  if mesh is None:
+    chunk_fn = step.jitted_chunk_step(cfg, policy, "last_logits")
+  else:
+    sharded = sharded_chunk_step(cfg, policy, params, cache, mesh, rules or DEFAULT_RULES)
+    chunk_fn = sharded.fn
+    params, cache = put(params, sharded.params), put(cache, sharded.cache)
 
   logits, cache = _first_logits(chunk_fn, params, cache, prompts, prefill_chunk)
   if questions is not None and longest_question:

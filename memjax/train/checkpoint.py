@@ -28,7 +28,10 @@ class Checkpointer:
     self.directory = pathlib.Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None."""
@@ -38,14 +41,20 @@ class Checkpointer:
     """Start saving `state` (any pytree of arrays) and `data_state` as step `step`.
 
     The arrays are copied to host memory first, so the caller may donate `state` to the
-    next step while the files are written in the background.
+    next step while the files are written in the background. Arrays spread over several
+    processes go to orbax as they are: every process writes its own shards (orbax copies
+    them to host before returning), and every process must call `save`.
     """
-    host_state = jax.tree.map(lambda a: np.array(a, copy=True), state)
+    host_state = jax.tree.map(
+        lambda a: np.array(a, copy=True) if _is_local(a) else a, state)
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(host_state), data=ocp.args.JsonSave(data_state)))
 
   def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """(state, data_state) of step `step` (default: newest), shaped like the pytree `like`.
+
+    Leaves of `like` that are jax Arrays are restored with their sharding (each process
+    reads its own shards), whatever mesh or process count wrote the checkpoint.
 
     Raises:
       FileNotFoundError: there is no such checkpoint.
@@ -57,19 +66,24 @@ class Checkpointer:
     mismatch = (f"the checkpoint of step {step} in {self.directory} does not fit this run "
                 "(other trainable params or optimiser?); train with the config it was made "
                 "with, or point checkpoint_dir elsewhere")
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), like)
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype,
+                                       sharding=a.sharding if isinstance(a, jax.Array) else None),
+        like)
+    saved = {leaf.name: leaf.shape
+             for leaf in jax.tree.leaves(self._manager.item_metadata(step).state.tree)}
+    for path, want in jax.tree_util.tree_leaves_with_path(abstract):
+      got = saved.get(_orbax_name(path), want.shape)  # a missing leaf: orbax says so below
+      if tuple(got) != want.shape:
+        raise ValueError(f"{mismatch}: {jax.tree_util.keystr(path)} is saved with shape "
+                         f"{list(got)}, expected {list(want.shape)}")
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
     except ValueError as err:
       raise ValueError(f"{mismatch}: {err}") from err
-    leaves = jax.tree.leaves(restored.state)
-    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(abstract), leaves,
-                                 strict=True):
-      if np.shape(got) != want.shape:  # orbax restores the saved shape, whatever the target
-        raise ValueError(f"{mismatch}: {jax.tree_util.keystr(path)} is saved with shape "
-                         f"{list(np.shape(got))}, expected {list(want.shape)}")
-    state = jax.tree.unflatten(jax.tree.structure(like), [jax.numpy.asarray(a) for a in leaves])
+    state = jax.tree.unflatten(jax.tree.structure(like),
+                               [jax.numpy.asarray(a) for a in jax.tree.leaves(restored.state)])
     return state, restored.data
 
   def wait(self) -> None:
@@ -78,6 +92,17 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _orbax_name(key_path) -> str:
+  """The name orbax gives a leaf in its metadata: keys, indices and fields joined by "."."""
+  return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                  for k in key_path)
+
+
+def _is_local(a: Any) -> bool:
+  """Whether this process holds all of `a` (then it can be copied to host memory)."""
+  return not isinstance(a, jax.Array) or a.is_fully_addressable
 
 
 def load_state(directory: str | pathlib.Path, step: int | None = None) -> tuple[dict, int]:

@@ -7,6 +7,7 @@ import pathlib
 from typing import Literal, Sequence
 
 from memjax.config import ConfigError, load_config
+from memjax.sharding.config import MeshConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +96,8 @@ class TrainConfig:
     keep: newest checkpoints kept.
     log_every: log the mean metrics of this many steps at a time.
     method: what trains, and the loss's hyper-parameters.
+    mesh: the device mesh, logical axis rules and multi-process settings (the default uses
+      every device for data parallelism).
   """
 
   model: str = "tiny"
@@ -122,6 +125,7 @@ class TrainConfig:
   keep: int = 3
   log_every: int = 10
   method: MethodConfig = dataclasses.field(default_factory=MethodConfig)
+  mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
   def __post_init__(self):
     for field in ("steps", "seq_len", "batch_size", "grad_accum", "save_every", "keep",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,8 @@ from memjax.models import llama
 from memjax.models.config import ModelConfig, tiny_config
 from memjax.train.config import TrainConfig
 from memjax.train.data import ByteTokenizer, TrainData
-from memjax.train.methods import get_method
+from memjax.sharding import initialize_distributed
+from memjax.train.methods import LossFn, get_method
 from memjax.train.partition import Params, merge, partition
 from memjax.train.trainer import TrainState, train
 
@@ -53,8 +55,22 @@ def build_model(cfg: TrainConfig, key: jax.Array) -> tuple[ModelConfig, Params, 
   return model_cfg, params, tokenizer
 
 
-def setup(cfg: TrainConfig):
-  """(loss_fn, trainable, frozen, data) of a run, before any training.
+class RunSetup(NamedTuple):
+  """What a run trains: the loss, the params split in two, the data and the model's shapes."""
+  loss_fn: LossFn
+  trainable: Params
+  frozen: Params
+  data: TrainData
+  model_cfg: ModelConfig
+
+
+def setup(cfg: TrainConfig) -> tuple[LossFn, Params, Params, TrainData]:
+  """(loss_fn, trainable, frozen, data) of a run, before any training; see `setup_run`."""
+  return tuple(setup_run(cfg))[:4]
+
+
+def setup_run(cfg: TrainConfig) -> RunSetup:
+  """Everything a run trains, before any training.
 
   The method's new params (if any) join the model's; the paths selected by
   cfg.method.trainable (or the method's default) train, in float32. Random inits draw
@@ -70,15 +86,18 @@ def setup(cfg: TrainConfig):
   trainable = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), trainable)
   data = TrainData(tokenizer, load_corpus("train", cfg.corpus or None), cfg.seq_len,
                    cfg.batch_size, cfg.seed, cfg.synthetic_fraction, cfg.recall_fraction)
-  return method.make_loss(model_cfg, cfg), trainable, frozen, data
+  return RunSetup(method.make_loss(model_cfg, cfg), trainable, frozen, data, model_cfg)
 
 
 def run(cfg: TrainConfig, progress: bool = False) -> TrainState:
   """Train as configured (resuming from cfg's checkpoints if any); the final state.
 
-  Also writes the config to `cfg.output_dir`/config.yaml.
+  Also writes the config to `cfg.output_dir`/config.yaml. With cfg.mesh.distributed, joins
+  `jax.distributed` before anything touches a device.
   """
-  loss_fn, trainable, frozen, data = setup(cfg)
+  initialize_distributed(cfg.mesh)
+  parts = setup_run(cfg)
   dump_config(cfg, str(pathlib.Path(cfg.output_dir) / "config.yaml"))
-  return train(cfg, loss_fn, trainable, frozen, data.iterator(), progress=progress)
+  return train(cfg, parts.loss_fn, parts.trainable, parts.frozen, parts.data.iterator(),
+               progress=progress, model_cfg=parts.model_cfg)
 

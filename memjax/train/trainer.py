@@ -7,6 +7,7 @@ passed to every step as an argument, never copied into the state or the checkpoi
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any, NamedTuple, Protocol
@@ -17,6 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from memjax import sharding
+from memjax.models.config import ModelConfig
+from memjax.sharding import memory
 from memjax.train.checkpoint import Checkpointer
 from memjax.train.config import TrainConfig
 from memjax.train.methods import Batch, LossFn
@@ -40,6 +44,22 @@ class TrainState(NamedTuple):
   trainable: Params
   opt_state: optax.OptState
   rng: jax.Array
+
+
+class StepShardings(NamedTuple):
+  """How a train step's arguments and results lie on the mesh.
+
+  Attributes:
+    state: shardings of the TrainState (parameters and optimiser state FSDP-sharded).
+    frozen: shardings of the frozen params.
+    batch: the sharding of every batch leaf (rows split).
+    replicated: the sharding of the metrics.
+  """
+
+  state: Any
+  frozen: Any
+  batch: Any
+  replicated: Any
 
 
 class ResumableIterator(Protocol):
@@ -68,27 +88,46 @@ def make_optimizer(cfg: TrainConfig) -> tuple[optax.GradientTransformation, opta
 
 
 def init_state(trainable: Params, optimizer: optax.GradientTransformation,
-               seed: int) -> TrainState:
+               seed: int, shardings: Any = None) -> TrainState:
   """Step 0: a copy of the trainable params, fresh optimiser state, rng from `seed`.
 
   The copy keeps the caller's arrays alive when the train step donates the state. One
-  jitted program builds it all (eager ops would compile one program each).
+  jitted program builds it all (eager ops would compile one program each), laid out as
+  `shardings` (a TrainState of shardings, see `step_shardings`) when given.
   """
-  def init(trainable: Params, seed: jax.Array) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
-                      opt_state=optimizer.init(trainable), rng=jax.random.PRNGKey(seed))
+  return jax.jit(functools.partial(_init, optimizer=optimizer),
+                 out_shardings=shardings)(trainable, seed)
 
-  return jax.jit(init)(trainable, seed)
+
+def _init(trainable: Params, seed: jax.Array, optimizer: optax.GradientTransformation):
+  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                    opt_state=optimizer.init(trainable), rng=jax.random.PRNGKey(seed))
+
+
+def step_shardings(trainable: Params, frozen: Params, optimizer: optax.GradientTransformation,
+                   batch_size: int, mesh: jax.sharding.Mesh,
+                   rules: sharding.rules.Rules) -> StepShardings:
+  """Where a train step's arguments live: params and optimiser moments by the params'
+  logical axes (`memjax.sharding.logical`), counters and rng replicated, batch rows split."""
+  abstract = jax.eval_shape(functools.partial(_init, optimizer=optimizer), trainable, 0)
+  return StepShardings(state=sharding.state_shardings(abstract, mesh, rules),
+                       frozen=sharding.param_shardings(frozen, mesh, rules),
+                       batch=sharding.batch_sharding(batch_size, mesh, rules),
+                       replicated=sharding.replicated(mesh))
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                    grad_accum: int, schedule: optax.Schedule | None = None):
+                    grad_accum: int, schedule: optax.Schedule | None = None,
+                    shardings: StepShardings | None = None):
   """A jitted `step(state, frozen, batch) -> (state, metrics)`; `state` is donated.
 
   The batch's leaves [B, ...] are split into `grad_accum` micro-batches [B / grad_accum, ...]
   that a `lax.scan` runs one after another; the step uses the mean of their gradients, so
   it equals one step on the whole batch when the loss is a mean over equal-sized rows.
-  Micro-batch i gets key i of a split of the step's key.
+  Micro-batch i holds rows i, i + grad_accum, i + 2 grad_accum, ..., so that with rows
+  split over devices each device feeds every micro-batch from its own rows. Micro-batch i
+  gets key i of a split of the step's key. With `shardings`, the step is compiled for
+  arguments and results laid out that way (parameters and optimiser state FSDP-sharded).
 
   Metrics (float32 scalars): "loss" and the loss_fn's metrics, averaged over micro-batches;
   "grad_norm", the global norm of the averaged gradient before clipping; "lr", the learning
@@ -99,7 +138,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
   def step(state: TrainState, frozen: Params, batch: Batch):
     rng, step_rng = jax.random.split(state.rng)
     micro = jax.tree.map(
-        lambda x: einops.rearrange(x, "(k b) ... -> k b ...", k=grad_accum), batch)
+        lambda x: einops.rearrange(x, "(b k) ... -> k b ...", k=grad_accum), batch)
 
     def accumulate(grad_sum, xs):
       micro_batch, key = xs
@@ -124,11 +163,16 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                            opt_state=opt_state, rng=rng)
     return new_state, metrics
 
-  return jax.jit(step, donate_argnums=0)
+  if shardings is None:
+    return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, donate_argnums=0,
+                 in_shardings=(shardings.state, shardings.frozen, shardings.batch),
+                 out_shardings=(shardings.state, shardings.replicated))
 
 
 def train(cfg: TrainConfig, loss_fn: LossFn, trainable: Params, frozen: Params,
-          batches: ResumableIterator, progress: bool = False) -> TrainState:
+          batches: ResumableIterator, progress: bool = False,
+          model_cfg: ModelConfig | None = None) -> TrainState:
   """Train until cfg.steps, resuming from the newest checkpoint in cfg.checkpoint_path.
 
   Saves every cfg.save_every steps and at the last step (keeping cfg.keep), logs mean
@@ -140,7 +184,13 @@ def train(cfg: TrainConfig, loss_fn: LossFn, trainable: Params, frozen: Params,
     trainable: initial trainable params (ignored when resuming); keep them in float32.
     frozen: the other params; they are an argument of every step and never change.
     batches: yields batches with leading axis cfg.batch_size; its position is checkpointed.
-    progress: show a progress bar with loss, metrics and tokens/s.
+    progress: show a progress bar with loss, metrics and tokens/s (process 0 only).
+    model_cfg: the model's shapes; when given, the per-device memory printed at the start
+      includes an activation estimate.
+
+  The run lays everything out on the mesh of cfg.mesh (joining `jax.distributed` first if
+  cfg.mesh.distributed): params and optimiser state by their logical axes, batch rows split.
+  Every process passes the same full params and batches; each keeps its own shards.
 
   Returns:
     The final state.
@@ -150,20 +200,29 @@ def train(cfg: TrainConfig, loss_fn: LossFn, trainable: Params, frozen: Params,
       message names the step and the metrics, and the newest checkpoint is the last good one.
   """
   optimizer, schedule = make_optimizer(cfg)
-  state = init_state(trainable, optimizer, cfg.seed)
+  mesh = sharding.build_mesh(cfg.mesh)
+  shardings = step_shardings(trainable, frozen, optimizer, cfg.batch_size, mesh,
+                             cfg.mesh.rules)
+  frozen = sharding.put(frozen, shardings.frozen)
+  state = init_state(sharding.put(trainable, shardings.state.trainable), optimizer, cfg.seed,
+                     shardings.state)
+  if jax.process_index() == 0:
+    print(_memory_report(cfg, model_cfg, state, frozen, shardings, mesh))
   checkpointer = Checkpointer(cfg.checkpoint_path, cfg.keep)
   try:
     if checkpointer.latest_step() is not None:
       state, data_state = checkpointer.restore(state)
       batches.set_state(data_state)
     start = int(state.step)
-    train_step = make_train_step(loss_fn, optimizer, cfg.grad_accum, schedule)
+    train_step = make_train_step(loss_fn, optimizer, cfg.grad_accum, schedule, shardings)
+    batch_shardings = lambda batch: jax.tree.map(lambda _: shardings.batch, batch)
     tokens_per_step = cfg.batch_size * cfg.seq_len
     with MetricsLogger(cfg.output_dir, cfg.log_every, start) as logger, \
-        ProgressBar(start, cfg.steps, enabled=progress) as bar:
+        ProgressBar(start, cfg.steps, enabled=progress and jax.process_index() == 0) as bar:
       for step in range(start + 1, cfg.steps + 1):
         tick = time.perf_counter()
-        state, metrics = train_step(state, frozen, next(batches))
+        batch = next(batches)
+        state, metrics = train_step(state, frozen, sharding.put(batch, batch_shardings(batch)))
         values = {name: float(value) for name, value in jax.device_get(metrics).items()}
         bad = sorted((name for name, value in values.items() if not math.isfinite(value)),
                      key=lambda name: (name != "loss", name))
@@ -179,6 +238,22 @@ def train(cfg: TrainConfig, loss_fn: LossFn, trainable: Params, frozen: Params,
   finally:
     checkpointer.close()
   return state
+
+
+def _memory_report(cfg: TrainConfig, model_cfg: ModelConfig | None, state: TrainState,
+                   frozen: Params, shardings: StepShardings, mesh: jax.sharding.Mesh) -> str:
+  """Per-device bytes of parameters, optimiser state, activations (estimate) and cache."""
+  per_device = memory.tree_bytes_per_device
+  params = (per_device(state.trainable, shardings.state.trainable)
+            + per_device(frozen, shardings.frozen))
+  rows = {"parameters": (params, "trainable and frozen"),
+          "optimizer state": (per_device(state.opt_state, shardings.state.opt_state), "")}
+  if model_cfg is not None:
+    rows["activations"] = (memory.activation_bytes(
+        model_cfg, cfg.micro_batch_size, cfg.seq_len, cfg.compute_dtype, cfg.remat, mesh,
+        cfg.mesh.rules), f"estimate, micro-batch {cfg.micro_batch_size} x {cfg.seq_len}")
+  rows["cache"] = (0, "training keeps no KV cache")
+  return memory.format_report(mesh, rows)
 
 
 def _non_finite_message(step: int, bad: list[str], values: dict[str, float],

@@ -1,0 +1,61 @@
+"""Budgeted prefill and decode compiled for a mesh: params, cache and chunk rows sharded.
+
+The cache is split over batch rows and KV heads (its slots stay whole, so eviction, which
+ranks the slots of one (row, KV head), needs no communication); parameters follow their
+logical axes. Each chunk's logits come back replicated, ready for sampling on the host.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+from jax.sharding import Mesh
+
+from memjax.cache.kv_cache import ModelCache
+from memjax.cache.policies import Policy
+from memjax.generation import step
+from memjax.models.config import ModelConfig
+from memjax.sharding.layout import batch_sharding, cache_shardings, param_shardings
+from memjax.sharding.rules import Rules, replicated
+
+
+class ShardedChunkStep(NamedTuple):
+  """A jitted `chunk_step(params, cache, tokens_BxC, valid_BxC) -> (logits, cache)` (the
+  cache donated) and the shardings its params and cache must have (see `put`)."""
+  fn: Any
+  params: Any
+  cache: ModelCache
+
+
+def sharded_chunk_step(cfg: ModelConfig, policy: Policy, params: Any, cache: ModelCache,
+                       mesh: Mesh, rules: Rules) -> ShardedChunkStep:
+  """`step.chunk_step` with output "last_logits", compiled with in/out shardings on `mesh`.
+
+  Compiled programs are shared between calls with the same model, policy, mesh, rules and
+  array shapes.
+  """
+  frozen_rules = tuple((name, tuple(axes)) for name, axes in rules.items())
+  return _compiled(cfg, policy, mesh, frozen_rules, _abstract(params), _abstract(cache))
+
+
+def _abstract(tree: Any) -> tuple:
+  """A hashable (structure, shapes and dtypes) key of a pytree."""
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(cfg: ModelConfig, policy: Policy, mesh: Mesh, frozen_rules: tuple,
+              params_key: tuple, cache_key: tuple) -> ShardedChunkStep:
+  rules = {name: list(axes) for name, axes in frozen_rules}
+  params = jax.tree.unflatten(*params_key)
+  cache = jax.tree.unflatten(*cache_key)
+  params_sh = param_shardings(params, mesh, rules)
+  cache_sh = cache_shardings(cache, mesh, rules)
+  rows = batch_sharding(cache.t.shape[0], mesh, rules)
+  fn = jax.jit(functools.partial(step.chunk_step, cfg=cfg, policy=policy, output="last_logits"),
+               in_shardings=(params_sh, cache_sh, rows, rows),
+               out_shardings=(replicated(mesh), cache_sh), donate_argnums=(1,))
+  return ShardedChunkStep(fn, params_sh, cache_sh)

@@ -1,0 +1,71 @@
+"""Logical axis names of every parameter, optimiser-state and cache dimension.
+
+Batches are split by rows alone: every batch leaf [B, ...] has the logical spec
+`BATCH_AXES`.
+
+A logical spec is a `PartitionSpec` of logical names ("embed", "heads", ...) or None; the
+rules of a `MeshConfig` turn it into a spec of mesh axes (`memjax.sharding.rules`).
+Memory layers add their parameter paths to `PARAM_AXES` and their names to `LOGICAL_NAMES`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.sharding import PartitionSpec as P
+
+from memjax.cache.kv_cache import LayerCache, ModelCache
+
+LOGICAL_NAMES = ("batch", "layers", "embed", "heads", "kv_heads", "head_dim", "mlp",
+                 "vocab", "norm", "slots", "gate_hidden")
+
+# Parameter path ("/" between dict keys) -> logical name of each dimension.
+PARAM_AXES: dict[str, P] = {
+    "embed": P("vocab", "embed"),
+    "lm_head": P("embed", "vocab"),
+    "final_norm": P("norm"),
+    "layers/wq": P("layers", "embed", "heads"),
+    "layers/wk": P("layers", "embed", "kv_heads"),
+    "layers/wv": P("layers", "embed", "kv_heads"),
+    "layers/wo": P("layers", "heads", "embed"),
+    "layers/w_gate": P("layers", "embed", "mlp"),
+    "layers/w_up": P("layers", "embed", "mlp"),
+    "layers/w_down": P("layers", "mlp", "embed"),
+    "layers/attn_norm": P("layers", "norm"),
+    "layers/mlp_norm": P("layers", "norm"),
+    "layers/gate/w1": P("layers", "embed", "gate_hidden"),
+    "layers/gate/b1": P("layers", "gate_hidden"),
+    "layers/gate/w2": P("layers", "gate_hidden", "kv_heads"),
+    "layers/gate/bias": P("layers", "kv_heads"),
+}
+
+BATCH_AXES = P("batch")
+_CACHE_SLOTS = P("layers", "batch", "kv_heads", "slots")
+CACHE_AXES = LayerCache(k=P(*_CACHE_SLOTS, "head_dim"), v=P(*_CACHE_SLOTS, "head_dim"),
+                        pos=_CACHE_SLOTS, stats=_CACHE_SLOTS)
+
+
+def dict_path(key_path) -> str:
+  """The "/"-joined dict keys of a pytree key path (other entries, like attributes, skipped)."""
+  return "/".join(str(k.key) for k in key_path if isinstance(k, jax.tree_util.DictKey))
+
+
+def param_axes(tree: Any) -> Any:
+  """Logical specs of a tree holding params or parameter-shaped leaves, leaf by leaf.
+
+  A leaf whose dict keys end in a parameter path of PARAM_AXES and has that parameter's
+  rank gets its spec: a params dict's `["layers"]["wq"]`, Adam's `mu["layers"]["wq"]`, a
+  TrainState's `trainable["embed"]`. Every other leaf (step counters, RNG keys, params
+  of a loss memjax does not know) is replicated; add a path to PARAM_AXES to shard it.
+  """
+  def axes(key_path, leaf):
+    spec = PARAM_AXES.get(dict_path(key_path))
+    return spec if spec is not None and len(spec) == len(leaf.shape) else P()
+
+  return jax.tree_util.tree_map_with_path(axes, tree)
+
+
+def cache_axes(cache: ModelCache) -> ModelCache:
+  """Logical specs of a budgeted cache: layers, batch, KV heads, slots (and head dim)."""
+  return ModelCache(groups=tuple(CACHE_AXES for _ in cache.groups), t=P("batch"))

@@ -1,0 +1,167 @@
+"""Multi-device and multi-process runs for tests/test_sharding.py, in their own processes
+(the device count is fixed when JAX starts). Results go to a JSON file.
+
+  python tests/sharding_worker.py meshes OUT.json           (8 CPU devices via XLA_FLAGS)
+  python tests/sharding_worker.py process ID PORT DIR       (one of two processes)
+  python tests/sharding_worker.py single DIR                (the one-process reference)
+"""
+
+import dataclasses
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from memjax import sharding
+from memjax.generation.generate import generate_ids
+from memjax.models import llama
+from memjax.sharding.inference import sharded_chunk_step
+from memjax.sharding.logical import dict_path
+from memjax.cache import kv_cache
+from memjax.cache.policies import get_policy
+from memjax.train import (Checkpointer, TrainConfig, build_model, init_state, make_optimizer,
+                          make_train_step, partition, run, train)
+from memjax.train.methods import next_token_loss
+from memjax.train.metrics import read_jsonl
+from memjax.train.run import setup_run
+from memjax.train.trainer import step_shardings
+
+MESHES = ((8, 1, 1), (2, 2, 2), (1, 4, 2))
+BASE = TrainConfig(model="tiny", seq_len=32, batch_size=8, grad_accum=2, steps=3,
+                   warmup_steps=0, lr=1e-2, save_every=3, log_every=1)
+
+
+class RandomBatches:
+  """Batch i: {"tokens": int32 [8, 32]} drawn from seed i (resumable)."""
+
+  def __init__(self):
+    self.position = 0
+
+  def __next__(self):
+    rng = np.random.default_rng(self.position)
+    self.position += 1
+    return {"tokens": rng.integers(0, 256, (BASE.batch_size, BASE.seq_len), dtype=np.int32)}
+
+  def get_state(self):
+    return {"position": self.position}
+
+  def set_state(self, state):
+    self.position = state["position"]
+
+
+def rel_err(got, want) -> float:
+  """Largest ‖got − want‖ / ‖want‖ over the leaves of two trees."""
+  errs = jax.tree.map(lambda g, w: float(np.linalg.norm(np.asarray(g) - np.asarray(w))
+                                         / max(np.linalg.norm(np.asarray(w)), 1e-30)),
+                      got, want)
+  return max(jax.tree.leaves(errs))
+
+
+def shard_shapes(tree) -> dict:
+  """{path: [global shape, this device's shard shape]} of every leaf of a params tree."""
+  return {dict_path(path): [list(x.shape), list(x.addressable_shards[0].data.shape)]
+          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def meshes(out: pathlib.Path) -> None:
+  model_cfg, params, _ = build_model(BASE, jax.random.key(0, impl="rbg"))
+  trainable, frozen = partition(params, ["layers", "embed"])
+  loss_fn = next_token_loss(model_cfg, BASE)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  batch, rng = next(RandomBatches()), jax.random.PRNGKey(0)
+  (want_loss, _), want_grads = jax.jit(grad_fn)(trainable, frozen, batch, rng)
+
+  optimizer, schedule = make_optimizer(BASE)
+  state = init_state(trainable, optimizer, BASE.seed)
+  step = make_train_step(loss_fn, optimizer, BASE.grad_accum, schedule)
+  batches, want_losses = RandomBatches(), []
+  for _ in range(BASE.steps):
+    state, metrics = step(state, frozen, next(batches))
+    want_losses.append(float(metrics["loss"]))
+  want_params = state.trainable
+
+  gen_params = llama.init_params(model_cfg, jax.random.PRNGKey(1), scale=0.3)
+  prompt_rng = np.random.default_rng(0)
+  prompts = [prompt_rng.integers(0, 256, n).tolist() for n in (5, 19, 40, 33, 12, 27, 8, 36)]
+  generate = lambda **kw: generate_ids(gen_params, model_cfg, prompts, policy="h2o", budget=16,
+                                       max_new_tokens=8, prefill_chunk=16, **kw)
+  want_tokens = generate()
+
+  results = {}
+  for shape in MESHES:
+    mesh_cfg = sharding.MeshConfig(axes=dict(zip(("data", "fsdp", "tensor"), shape)))
+    cfg = dataclasses.replace(BASE, mesh=mesh_cfg, output_dir=str(out.parent / f"run{shape}"))
+    mesh = sharding.build_mesh(mesh_cfg)
+    sh = step_shardings(trainable, frozen, optimizer, cfg.batch_size, mesh, mesh_cfg.rules)
+    sharded_grad = jax.jit(grad_fn, in_shardings=(sh.state.trainable, sh.frozen,
+                                                  sh.batch, sh.replicated),
+                           out_shardings=((sh.replicated, sh.replicated), sh.state.trainable))
+    (loss, _), grads = sharded_grad(sharding.put(trainable, sh.state.trainable),
+                                    sharding.put(frozen, sh.frozen),
+                                    sharding.put(batch, {"tokens": sh.batch}), rng)
+    final = train(cfg, loss_fn, trainable, frozen, RandomBatches(), model_cfg=model_cfg)
+    cache = kv_cache.init_cache([16] * model_cfg.n_layers, len(prompts), model_cfg.n_kv_heads,
+                                model_cfg.head_dim)
+    compiled = sharded_chunk_step(model_cfg, get_policy("h2o"), gen_params, cache, mesh,
+                                  mesh_cfg.rules)
+    losses = [row["loss"] for row in read_jsonl(pathlib.Path(cfg.output_dir) / "metrics.jsonl")]
+    results[str(shape)] = {
+        "loss_rel_err": abs(float(loss) - float(want_loss)) / abs(float(want_loss)),
+        "step_losses_rel_err": rel_err(losses, want_losses),
+        "grad_rel_err": rel_err(grads, want_grads),
+        "params_rel_err_after_3_steps": rel_err(final.trainable, want_params),
+        "params": shard_shapes(final.trainable),
+        "adam_mu": shard_shapes(final.opt_state[1][0].mu),
+        "cache_k_spec": str(compiled.cache.groups[0].k.spec),
+        "generate_tokens": generate(mesh=mesh),
+        "want_tokens": want_tokens,
+    }
+  out.write_text(json.dumps(results))
+
+
+def two_process_config(directory: pathlib.Path, **overrides) -> TrainConfig:
+  return dataclasses.replace(BASE, checkpoint_dir=str(directory / "checkpoints"),
+                             output_dir=str(directory / "out"), **overrides)
+
+
+def process(process_id: int, port: int, directory: pathlib.Path) -> None:
+  mesh_cfg = sharding.MeshConfig(axes={"data": 1, "fsdp": 2, "tensor": 2}, distributed=True,
+                                 coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                                 process_id=process_id)
+  cfg = two_process_config(directory / "two", mesh=mesh_cfg)
+  cfg = dataclasses.replace(cfg, output_dir=f"{cfg.output_dir}{process_id}")
+  state = run(cfg)
+  trainable = multihost_utils.process_allgather(state.trainable, tiled=True)
+  if process_id == 0:
+    np.savez(directory / "two.npz", **{dict_path(p): np.asarray(x) for p, x in
+                                       jax.tree_util.tree_leaves_with_path(trainable)})
+
+
+def single(directory: pathlib.Path) -> None:
+  state = run(two_process_config(directory / "one"))
+  parts = setup_run(BASE)
+  like = init_state(parts.trainable, make_optimizer(BASE)[0], BASE.seed)
+  restored, _ = Checkpointer(directory / "two" / "checkpoints", keep=1).restore(like)
+  flat = lambda tree: {dict_path(p): np.asarray(x)
+                       for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  two = dict(np.load(directory / "two.npz"))
+  (directory / "single.json").write_text(json.dumps({
+      "two_vs_one_rel_err": rel_err(two, flat(state.trainable)),
+      "restored_vs_two_max_abs": max(float(np.max(np.abs(two[k] - v)))
+                                     for k, v in flat(restored.trainable).items()),
+      "restored_step": int(restored.step),
+  }))
+
+
+if __name__ == "__main__":
+  mode, args = sys.argv[1], sys.argv[2:]
+  if mode == "meshes":
+    meshes(pathlib.Path(args[0]))
+  elif mode == "process":
+    process(int(args[0]), int(args[1]), pathlib.Path(args[2]))
+  else:
+    single(pathlib.Path(args[0]))
