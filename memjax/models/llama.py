@@ -3,6 +3,10 @@
 Parameters are a plain dict of arrays with the per-layer weights stacked on a leading
 layer axis L (see `init_params`); matrices are applied as `x @ w`. The layer loop is a
 `jax.lax.scan`, so compile time does not grow with depth.
+
+A config with `memory` set adds memory layers (memjax.memory.decoder): their params live
+under params["memory"], outside the scanned stack, and `forward` runs the plain layers
+between them as scanned segments.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ def init_params(cfg: ModelConfig, key: jax.Array, scale: float = 0.02) -> Params
             "layers": layers, "final_norm": jnp.ones((d,), dtype)}
   if not cfg.tie_embeddings:
     params["lm_head"] = (scale * jax.random.normal(keys[-2], (d, cfg.vocab_size))).astype(dtype)
+  if cfg.memory is not None:
+    from memjax.memory import decoder  # builds on this module
+    params["memory"] = jax.tree.map(lambda a: a.astype(dtype),
+                                    decoder.init_params(cfg, jax.random.fold_in(key, 1)))
   return params
 
 
@@ -85,13 +93,20 @@ def mlp(p: Params, x_BxTxD: jax.Array, cfg: ModelConfig) -> jax.Array:
   return (jax.nn.silu(h @ p["w_gate"]) * (h @ p["w_up"])) @ p["w_down"]
 
 
-def block(p: Params, x_BxTxD: jax.Array, positions_BxT: jax.Array, state: Any,
-          mix: Mixer, cfg: ModelConfig) -> tuple[jax.Array, Any]:
-  """One decoder block; `mix` attends q over k/v (and whatever state it keeps)."""
+def attention(p: Params, x_BxTxD: jax.Array, positions_BxT: jax.Array, state: Any,
+              mix: Mixer, cfg: ModelConfig) -> tuple[jax.Array, Any]:
+  """The attention sublayer's output [B, T, D] (to add to the residual stream) and state."""
   h_BxTxD = rms_norm(x_BxTxD, p["attn_norm"], cfg.norm_eps)
   q, k, v = qkv(p, h_BxTxD, positions_BxT, cfg)
   o_BxTxHqxDh, state = mix(p, h_BxTxD, q, k, v, positions_BxT, state)
-  x_BxTxD = x_BxTxD + einops.rearrange(o_BxTxHqxDh, "b t h d -> b t (h d)") @ p["wo"]
+  return einops.rearrange(o_BxTxHqxDh, "b t h d -> b t (h d)") @ p["wo"], state
+
+
+def block(p: Params, x_BxTxD: jax.Array, positions_BxT: jax.Array, state: Any,
+          mix: Mixer, cfg: ModelConfig) -> tuple[jax.Array, Any]:
+  """One decoder block; `mix` attends q over k/v (and whatever state it keeps)."""
+  o_BxTxD, state = attention(p, x_BxTxD, positions_BxT, state, mix, cfg)
+  x_BxTxD = x_BxTxD + o_BxTxD
   return x_BxTxD + mlp(p, x_BxTxD, cfg), state
 
 
@@ -144,6 +159,9 @@ def full_causal_mixer(cfg: ModelConfig) -> Mixer:
 def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig,
             remat: bool = False) -> jax.Array:
   """Full causal attention over the whole sequence: float32 logits [B, T, V]."""
+  if cfg.memory is not None:
+    from memjax.memory import decoder  # builds on this module
+    return decoder.forward(params, tokens_BxT, cfg, remat)[0]
   b, t = tokens_BxT.shape
   positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   x, _ = run_layers(params["layers"], embed(params, tokens_BxT, cfg), positions_BxT, None,
