@@ -10,6 +10,9 @@ is one Method and one line in METHODS.
     layers); for tests and for sanity checks of the trainer.
   trim_kv:    TRIM-KV retention gates (memjax.retention) added under "layers/gate" and
     trained alone against the frozen model, with the settings of cfg.method.trim_kv.
+  memory:     a decoder with memory layers (memjax.memory) trained from scratch by
+    next-token loss; shapes and memory from cfg.method.memory (MemoryMethodSettings),
+    vocabulary and positions from the "tiny" model. Logs key usage per memory block.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from memjax.memory import decoder, usage
 from memjax.models import llama
 from memjax.models.config import ModelConfig
 from memjax.retention import add_gates, init_gate_params, trimkv_loss
@@ -76,10 +80,58 @@ def next_token_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
     params = llama.cast_params(merge(trainable, frozen), compute_cfg)
     tokens = batch["tokens"]
     logits = llama.forward(params, tokens[:, :-1], compute_cfg, cfg.remat)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    target_logp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == tokens[:, 1:])
-    return -jnp.mean(target_logp), {"accuracy": accuracy}
+    return next_token_ce(logits, tokens)
+
+  return loss_fn
+
+
+def next_token_ce(logits_BxTxV: jax.Array, tokens_BxT1: jax.Array):
+  """Mean cross-entropy of logits [B, T, V] against tokens[:, 1:] ([B, T+1] given), and
+  {"accuracy": share of positions whose most likely token is the next one}."""
+  logp = jax.nn.log_softmax(logits_BxTxV, axis=-1)
+  target_logp = jnp.take_along_axis(logp, tokens_BxT1[:, 1:, None], axis=-1)[..., 0]
+  accuracy = jnp.mean(jnp.argmax(logits_BxTxV, axis=-1) == tokens_BxT1[:, 1:])
+  return -jnp.mean(target_logp), {"accuracy": accuracy}
+
+
+def memory_model_config(model_cfg: ModelConfig, cfg: TrainConfig) -> ModelConfig:
+  """The from-scratch decoder of the "memory" method: model_cfg's vocabulary and positions,
+  the shapes and memory layers of cfg.method.memory."""
+  s = cfg.method.memory
+  return dataclasses.replace(
+      model_cfg, d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads,
+      n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, d_ff=s.d_ff,
+      memory=s.memory if s.memory.layers else None)
+
+
+def memory_params(model_cfg: ModelConfig, cfg: TrainConfig, key: jax.Array) -> Params:
+  """Every param of the from-scratch decoder (they replace the tiny model's)."""
+  if cfg.model != "tiny":
+    raise ValueError(f"the memory method trains a decoder from scratch; set model: tiny "
+                     f"(its vocabulary is kept), not {cfg.model!r}")
+  return llama.init_params(memory_model_config(model_cfg, cfg), key)
+
+
+def memory_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
+  """Next-token loss of the decoder with memory layers.
+
+  Metrics: "accuracy", and per product-key memory block i (in layer order) the key usage
+  of this micro-batch: "mem{i}_used", "mem{i}_kl", "mem{i}_gini" (memjax.memory.usage).
+  """
+  compute_cfg = dataclasses.replace(memory_model_config(model_cfg, cfg), dtype=cfg.compute_dtype)
+
+  def loss_fn(trainable: Params, frozen: Params, batch: Batch, rng: jax.Array):
+    del rng  # deterministic
+    params = llama.cast_params(merge(trainable, frozen), compute_cfg)
+    tokens = batch["tokens"]
+    if compute_cfg.memory is None:
+      return next_token_ce(llama.forward(params, tokens[:, :-1], compute_cfg, cfg.remat), tokens)
+    logits, lookups = decoder.forward(params, tokens[:, :-1], compute_cfg, cfg.remat)
+    loss, metrics = next_token_ce(logits, tokens)
+    for i, lookup in enumerate(lookups):
+      mass = usage.slot_mass(lookup.slots, lookup.weights, compute_cfg.memory.n_slots)
+      metrics.update({f"mem{i}_{k}": v for k, v in usage.usage_metrics(mass).items()})
+    return loss, metrics
 
   return loss_fn
 
@@ -125,5 +177,11 @@ TRIM_KV = Method(
     make_loss=trim_kv_loss,
 )
 
-METHODS: dict[str, Method] = {"next_token": NEXT_TOKEN, "trim_kv": TRIM_KV}
+MEMORY = Method(
+    new_params=memory_params,
+    default_trainable=("*",),
+    make_loss=memory_loss,
+)
+
+METHODS: dict[str, Method] = {"next_token": NEXT_TOKEN, "trim_kv": TRIM_KV, "memory": MEMORY}
 

@@ -1,0 +1,180 @@
+"""One from-scratch memory-layer ablation run: train, measure held-out perplexity and key usage.
+
+  python experiments/memory_ablation.py NAME [--steps N] [--smoke] [key=value ...]
+
+NAME picks configs/memory_NAME.yaml (dense, dense2x, pkm, memory_plus). The run trains with
+the "memory" method, the memory value tables in their own Adam group (constant
+method.memory.values_lr, no weight decay), then writes to experiments/results/:
+
+  memory_layers.rows.jsonl       one row per run (replaced when NAME runs again)
+  memory_runs/NAME.curve.jsonl   training loss every log_every steps
+  memory_runs/NAME.usage.npz     per-slot lookup mass on the held-out windows, per memory block
+  memory_layers.md               the validation table of every row so far
+  memory_curves.png, memory_usage.png
+
+--smoke trains a few steps into a temporary directory and prints s/step (for the configs'
+comments) instead of writing results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from memjax.config import load_config  # noqa: E402
+from memjax.data.corpus import heldout_windows  # noqa: E402
+from memjax.memory import decoder, usage  # noqa: E402
+from memjax.memory.optim import with_value_group  # noqa: E402
+from memjax.memory.train_settings import MemoryTrainConfig  # noqa: E402
+from memjax.train.data import ByteTokenizer  # noqa: E402
+from memjax.train.methods import memory_model_config  # noqa: E402
+from memjax.train.partition import merge  # noqa: E402
+from memjax.train.run import setup, tiny_model_config  # noqa: E402
+from memjax.train.trainer import init_state, make_optimizer, make_train_step  # noqa: E402
+
+RESULTS = ROOT / "experiments" / "results"
+VAL_WINDOWS, VAL_BATCH = 64, 8
+
+
+def train(cfg: MemoryTrainConfig, curve_path: pathlib.Path | None):
+  """Train cfg.steps steps; (trainable, frozen, loss_fn, seconds per step after the first)."""
+  loss_fn, trainable, frozen, data = setup(cfg)
+  default, schedule = make_optimizer(cfg)
+  optimizer = with_value_group(default, cfg.method.memory.values_lr)
+  state = init_state(trainable, optimizer, cfg.seed)
+  step = make_train_step(loss_fn, optimizer, cfg.grad_accum, schedule)
+  batches = data.iterator()
+  rows, times = [], []
+  for i in range(1, cfg.steps + 1):
+    tick = time.perf_counter()
+    state, metrics = step(state, frozen, next(batches))
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    times.append(time.perf_counter() - tick)
+    if not math.isfinite(metrics["loss"]):
+      raise FloatingPointError(f"non-finite loss at step {i}: {metrics}")
+    if i % cfg.log_every == 0 or i == cfg.steps:
+      rows.append({"step": i, **metrics})
+      print(json.dumps(rows[-1]), flush=True)
+  if curve_path is not None:
+    curve_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return state.trainable, frozen, loss_fn, float(np.mean(times[1:] or times))
+
+
+def validate(cfg: MemoryTrainConfig, params, loss_fn, trainable, frozen):
+  """Held-out perplexity over VAL_WINDOWS windows of seq_len tokens, and per memory block
+  the summed lookup mass per slot [n_slots]."""
+  windows = heldout_windows(ByteTokenizer(), VAL_WINDOWS, cfg.seq_len, seed=0)
+  model_cfg = memory_model_config(tiny_model_config(cfg), cfg)
+  ce = jax.jit(lambda t, f, b: loss_fn(t, f, b, jax.random.PRNGKey(0))[0])
+  lookups = jax.jit(lambda p, tokens: decoder.forward(p, tokens, model_cfg)[1])
+  losses, masses = [], None
+  for start in range(0, VAL_WINDOWS, VAL_BATCH):
+    tokens = windows[start:start + VAL_BATCH]
+    losses.append(float(ce(trainable, frozen, {"tokens": tokens})))
+    if model_cfg.memory is not None and model_cfg.memory.kind != "titans":
+      per_block = [usage.slot_mass(lk.slots, lk.weights, model_cfg.memory.n_slots)
+                   for lk in lookups(params, tokens[:, :-1])]
+      masses = per_block if masses is None else [a + b for a, b in zip(masses, per_block)]
+  return math.exp(float(np.mean(losses))), [np.asarray(m) for m in masses or []]
+
+
+def count_params(params) -> tuple[int, int]:
+  """(all params, params read per token): value tables count fully in the first, not in
+  the second (a token reads heads·topk rows); unused MLPs of replaced blocks in neither."""
+  total = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+  values = sum(int(np.prod(a.shape)) for path, a in jax.tree_util.tree_leaves_with_path(params)
+               if path[0].key == "memory" and path[-1].key == "values")
+  return total, total - values
+
+
+def write_report(rows: list[dict]) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  lines = ["# Memory layers: from-scratch ablations (byte-level, Emma train split)", "",
+           "| run | layers | params | params/token | steps | s/step | val ppl | "
+           "slots used | KL to uniform | Gini |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    u = r["usage"][0] if r["usage"] else None
+    fmt = lambda key: f"{u[key]:.3f}" if u else "-"
+    lines.append(f"| {r['name']} | {r['n_layers']} | {r['params']:,} | {r['params_per_token']:,} "
+                 f"| {r['steps']} | {r['s_per_step']:.2f} | {r['val_ppl']:.3f} | {fmt('used')} "
+                 f"| {fmt('kl')} | {fmt('gini')} |")
+  lines += ["", "Usage columns: first memory block, over the held-out windows.",
+            "![curves](memory_curves.png) ![usage](memory_usage.png)", ""]
+  (RESULTS / "memory_layers.md").write_text("\n".join(lines))
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for r in rows:
+    curve = [json.loads(l) for l in (RESULTS / "memory_runs" / f"{r['name']}.curve.jsonl")
+             .read_text().splitlines()]
+    ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], label=r["name"])
+  ax.set(xlabel="step", ylabel="train loss (nats/byte)")
+  ax.legend()
+  fig.savefig(RESULTS / "memory_curves.png", dpi=120, bbox_inches="tight")
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for r in rows:
+    path = RESULTS / "memory_runs" / f"{r['name']}.usage.npz"
+    if r["usage"] and path.exists():
+      mass = np.load(path)["block0"]
+      ax.plot(np.sort(mass)[::-1] / mass.sum(), label=r["name"])
+  ax.set(xlabel="slot (by mass)", ylabel="share of lookup mass", yscale="log")
+  ax.legend()
+  fig.savefig(RESULTS / "memory_usage.png", dpi=120, bbox_inches="tight")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("name", help="dense, dense2x, pkm or memory_plus")
+  parser.add_argument("--steps", type=int, help="override steps")
+  parser.add_argument("--smoke", action="store_true", help="a few steps, print s/step only")
+  parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+  args = parser.parse_args()
+  overrides = list(args.overrides)
+  if args.smoke:
+    overrides += [f"steps={args.steps or 4}", "warmup_steps=1", "log_every=1"]
+  elif args.steps:
+    overrides.append(f"steps={args.steps}")
+  with tempfile.TemporaryDirectory() as tmp:
+    cfg = load_config(MemoryTrainConfig, str(ROOT / "configs" / f"memory_{args.name}.yaml"),
+                      overrides + [f"output_dir={tmp}"])
+    runs = RESULTS / "memory_runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    trainable, frozen, loss_fn, s_per_step = train(
+        cfg, None if args.smoke else runs / f"{args.name}.curve.jsonl")
+  print(f"{args.name}: {s_per_step:.3f} s/step (mean after the first step)")
+  if args.smoke:
+    return
+  params = merge(trainable, frozen)
+  ppl, masses = validate(cfg, params, loss_fn, trainable, frozen)
+  np.savez(runs / f"{args.name}.usage.npz", **{f"block{i}": m for i, m in enumerate(masses)})
+  total, per_token = count_params(params)
+  unused = 0
+  mem = cfg.method.memory.memory
+  if mem.layers and mem.kind != "titans" and mem.placement == "replace_mlp":
+    unused = len(mem.layers) * 3 * cfg.method.memory.d_model * cfg.method.memory.d_ff
+  row = {"name": args.name, "n_layers": cfg.method.memory.n_layers, "steps": cfg.steps,
+         "params": total - unused, "params_per_token": per_token - unused,
+         "s_per_step": s_per_step, "val_ppl": ppl,
+         "usage": [{k: float(v) for k, v in usage.usage_metrics(m).items()} for m in masses]}
+  rows_path = RESULTS / "memory_layers.rows.jsonl"
+  rows = [json.loads(l) for l in rows_path.read_text().splitlines()] if rows_path.exists() else []
+  rows = [r for r in rows if r["name"] != args.name] + [row]
+  rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  write_report(rows)
+  print(json.dumps(row))
+
+
+if __name__ == "__main__":
+  main()
