@@ -2,6 +2,7 @@
 (the device count is fixed when JAX starts). Results go to a JSON file.
 
   python tests/sharding_worker.py meshes OUT.json           (8 CPU devices via XLA_FLAGS)
+  python tests/sharding_worker.py kernels OUT.json          (8 CPU devices)
   python tests/sharding_worker.py process ID PORT DIR       (one of two processes)
   python tests/sharding_worker.py single DIR                (the one-process reference)
 """
@@ -32,7 +33,7 @@ from memjax.train.trainer import step_shardings
 
 MESHES = ((8, 1, 1), (2, 2, 2), (1, 4, 2))
 BASE = TrainConfig(model="tiny", seq_len=32, batch_size=8, grad_accum=2, steps=3,
-                   warmup_steps=0, lr=1e-2, save_every=3, log_every=1)
+                   warmup_steps=0, lr=1e-2, save_every=3, log_every=1, synthetic_fraction=0.0)
 
 
 class RandomBatches:
@@ -123,6 +124,33 @@ def meshes(out: pathlib.Path) -> None:
   out.write_text(json.dumps(results))
 
 
+def kernels(out: pathlib.Path) -> None:
+  """shard_map-wrapped attention entry points (XLA backend) against the plain ones."""
+  from memjax import kernels as plain
+  from memjax.sharding import kernels as wrapped
+  keys = jax.random.split(jax.random.PRNGKey(0), 6)
+  q = jax.random.normal(keys[0], (4, 8, 4, 8))
+  k, v = (jax.random.normal(key, (4, 8, 2, 8)) for key in keys[1:3])
+  log_beta = -jax.nn.softplus(jax.random.normal(keys[3], (4, 8, 2)))
+  cache = kv_cache.LayerCache(k=jax.random.normal(keys[4], (4, 2, 16, 8)),
+                              v=jax.random.normal(keys[5], (4, 2, 16, 8)),
+                              pos=jnp.tile(jnp.arange(16, dtype=jnp.int32) - 2, (4, 2, 1)),
+                              stats=jnp.zeros((4, 2, 16)))
+  positions = jnp.full((4, 8), 20, jnp.int32)
+  results = {}
+  for shape in MESHES:
+    mesh_cfg = sharding.MeshConfig(axes=dict(zip(("data", "fsdp", "tensor"), shape)))
+    on_mesh = dict(mesh=sharding.build_mesh(mesh_cfg), rules=mesh_cfg.rules, backend="xla")
+    results[str(shape)] = {
+        "flash": rel_err(wrapped.flash_attention(q, k, v, log_beta, **on_mesh),
+                         plain.flash_attention(q, k, v, log_beta, backend="xla")),
+        "decode": rel_err(wrapped.decode_attention(q, cache, positions, **on_mesh),
+                          plain.decode_attention(q, cache, positions=positions,
+                                                 backend="xla")),
+    }
+  out.write_text(json.dumps(results))
+
+
 def two_process_config(directory: pathlib.Path, **overrides) -> TrainConfig:
   return dataclasses.replace(BASE, checkpoint_dir=str(directory / "checkpoints"),
                              output_dir=str(directory / "out"), **overrides)
@@ -161,6 +189,8 @@ if __name__ == "__main__":
   mode, args = sys.argv[1], sys.argv[2:]
   if mode == "meshes":
     meshes(pathlib.Path(args[0]))
+  elif mode == "kernels":
+    kernels(pathlib.Path(args[0]))
   elif mode == "process":
     process(int(args[0]), int(args[1]), pathlib.Path(args[2]))
   else:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -40,18 +41,26 @@ def _finish(proc: subprocess.Popen, timeout: int = 300) -> str:
 
 
 @pytest.fixture(scope="module")
-def mesh_runs(tmp_path_factory):
-  """(results per mesh, stdout) of the worker: loss, grads, 3 steps and generation on
-  meshes (data, fsdp, tensor) = (8,1,1), (2,2,2), (1,4,2), each against one device."""
-  out = tmp_path_factory.mktemp("meshes") / "results.json"
-  stdout = _finish(_run_worker("meshes", str(out)))
-  return json.loads(out.read_text()), stdout
+def runs(tmp_path_factory):
+  """The 8-device workers, run at once: {"meshes": results per mesh, "stdout": the mesh
+  worker's output, "kernels": results per mesh}.
+
+  meshes: loss, gradients, 3 train steps and budgeted generation on meshes (data, fsdp,
+  tensor) = (8,1,1), (2,2,2), (1,4,2), each against one device.
+  """
+  tmp = tmp_path_factory.mktemp("sharding")
+  meshes = _run_worker("meshes", str(tmp / "meshes.json"))
+  kernels = _run_worker("kernels", str(tmp / "kernels.json"))
+  stdout = _finish(meshes)
+  _finish(kernels)
+  read = lambda name: json.loads((tmp / name).read_text())
+  return {"meshes": read("meshes.json"), "stdout": stdout, "kernels": read("kernels.json")}
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("mesh", MESHES)
-def test_sharded_loss_gradients_and_steps_equal_one_device(mesh_runs, mesh):
-  result = mesh_runs[0][mesh]
+def test_sharded_loss_gradients_and_steps_equal_one_device(runs, mesh):
+  result = runs["meshes"][mesh]
   assert result["loss_rel_err"] < 1e-5
   assert result["grad_rel_err"] < 1e-5
   assert result["step_losses_rel_err"] < 1e-5
@@ -62,9 +71,9 @@ def test_sharded_loss_gradients_and_steps_equal_one_device(mesh_runs, mesh):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("mesh", MESHES)
-def test_parameters_and_adam_moments_really_are_sharded(mesh_runs, mesh):
+def test_parameters_and_adam_moments_really_are_sharded(runs, mesh):
   data, fsdp, tensor = ast.literal_eval(mesh)
-  result = mesh_runs[0][mesh]
+  result = runs["meshes"][mesh]
   for tree in ("params", "adam_mu"):
     shapes = result[tree]
     # wq [L, D, Hq*Dh]: D over fsdp (FSDP), Hq*Dh over tensor; embed [V, D]: V over tensor.
@@ -79,34 +88,44 @@ def test_parameters_and_adam_moments_really_are_sharded(mesh_runs, mesh):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("mesh", MESHES)
-def test_sharded_budgeted_generation_equals_one_device(mesh_runs, mesh):
-  result = mesh_runs[0][mesh]
+def test_sharded_budgeted_generation_equals_one_device(runs, mesh):
+  result = runs["meshes"][mesh]
   assert result["cache_k_spec"] == str(P(None, ("data", "fsdp"), "tensor", None, None))
   assert result["generate_tokens"] == result["want_tokens"]
 
 
 @pytest.mark.distributed
-def test_a_run_prints_per_device_memory(mesh_runs):
-  stdout = mesh_runs[1]
+def test_a_run_prints_per_device_memory(runs):
+  stdout = runs["stdout"]
   for mesh in ("data=8 fsdp=1 tensor=1", "data=2 fsdp=2 tensor=2", "data=1 fsdp=4 tensor=2"):
     assert f"per-device memory on mesh {mesh} (8 devices" in stdout
   for row in ("parameters", "optimizer state", "activations", "cache", "total"):
     assert f"  {row} " in stdout
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_agree_with_one_and_their_checkpoint_restores_in_one(tmp_path):
+  # Two processes with 2 CPU devices each (mesh fsdp=2 x tensor=2) train 3 steps and save a
+  # checkpoint; then one process trains alone and restores that checkpoint.
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = str(s.getsockname()[1])
-  procs = [_run_worker("process", str(i), port, str(tmp_path), devices=2) for i in range(2)]
-  for proc in procs:
+  pair = [_run_worker("process", str(i), port, str(tmp_path), devices=2) for i in range(2)]
+  for proc in pair:
     _finish(proc)
   _finish(_run_worker("single", str(tmp_path), devices=1))
   result = json.loads((tmp_path / "single.json").read_text())
   assert result["restored_step"] == 3
   assert result["two_vs_one_rel_err"] < 1e-3  # Adam after 3 steps, as above
   assert result["restored_vs_two_max_abs"] == 0.0
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("mesh", MESHES)
+def test_shard_mapped_attention_kernels_equal_the_plain_ones(runs, mesh):
+  assert runs["kernels"][mesh]["flash"] < 1e-6
+  assert runs["kernels"][mesh]["decode"] < 1e-6
 
 
 def _mesh(axes: dict, **overrides):
@@ -118,7 +137,7 @@ def _mesh(axes: dict, **overrides):
 def test_mesh_sizes_fill_in_and_must_fit_the_devices():
   assert sharding.mesh_shape(_mesh({"data": 2, "fsdp": -1, "tensor": 2}), 8) == {
       "data": 2, "fsdp": 2, "tensor": 2}
-  with pytest.raises(ValueError, match=r"do not fit the 8 devices.*multiply to 3"):
+  with pytest.raises(ValueError, match=r"does not fit the 8 devices.*multiply to 3;"):
     sharding.mesh_shape(_mesh({"data": 3, "fsdp": 1, "tensor": 1}), 8)
   with pytest.raises(ValueError, match=r"fixed sizes multiply to 3, which does not divide 8"):
     sharding.mesh_shape(_mesh({"data": -1, "fsdp": 3, "tensor": 1}), 8)
@@ -135,13 +154,13 @@ def test_a_bad_mesh_fails_before_any_compilation(tmp_path):
   with pytest.raises(ConfigError, match=r"unknown logical axis 'head'.*did you mean 'heads'"):
     load_train_config(None, ["mesh.rules={head: [tensor]}"])
   cfg = load_train_config(None, ["mesh.axes={data: 2, fsdp: 1, tensor: 1}", "steps=2",
-                                 f"output_dir={tmp_path}"])
+                                 "warmup_steps=0", f"output_dir={tmp_path}"])
   compiled = []
   listener = lambda event, *_, **__: compiled.append(event) if "compil" in event else None
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     with pytest.raises(ValueError, match=r"mesh.axes=.* does not fit the 1 devices"):
-      train(cfg, lambda *a: None, {"w": jax.numpy.zeros(2)}, {}, iter(()))
+      train(cfg, lambda *a: None, {"w": np.zeros(2)}, {}, iter(()))
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert not compiled

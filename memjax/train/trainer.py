@@ -199,8 +199,8 @@ def train(cfg: TrainConfig, loss_fn: LossFn, trainable: Params, frozen: Params,
     NonFiniteLossError: a step's loss, metrics or gradient norm was NaN or infinite; the
       message names the step and the metrics, and the newest checkpoint is the last good one.
   """
-  optimizer, schedule = make_optimizer(cfg)
   mesh = sharding.build_mesh(cfg.mesh)
+  optimizer, schedule = make_optimizer(cfg)
   shardings = step_shardings(trainable, frozen, optimizer, cfg.batch_size, mesh,
                              cfg.mesh.rules)
   frozen = sharding.put(frozen, shardings.frozen)
