@@ -4,7 +4,8 @@
 
 NAME picks configs/memory_NAME.yaml (dense, dense2x, pkm, memory_plus). The run trains with
 the "memory" method, the memory value tables in their own Adam group (constant
-method.memory.values_lr, no weight decay), then writes to experiments/results/:
+method.memory.values_lr, no weight decay) with `memjax.train.run` (checkpointed: run it
+again to resume), then writes to experiments/results/:
 
   memory_layers.rows.jsonl       one row per run (replaced when NAME runs again)
   memory_runs/NAME.curve.jsonl   training loss every log_every steps
@@ -24,7 +25,6 @@ import math
 import pathlib
 import sys
 import tempfile
-import time
 
 import jax
 import numpy as np
@@ -35,43 +35,32 @@ sys.path.insert(0, str(ROOT))
 from memjax.config import load_config  # noqa: E402
 from memjax.data.corpus import heldout_windows  # noqa: E402
 from memjax.memory import decoder, usage  # noqa: E402
-from memjax.memory.optim import with_value_group  # noqa: E402
-from memjax.memory.train_settings import MemoryTrainConfig  # noqa: E402
+from memjax.train.config import TrainConfig  # noqa: E402
 from memjax.train.data import ByteTokenizer  # noqa: E402
 from memjax.train.methods import memory_model_config  # noqa: E402
 from memjax.train.partition import merge  # noqa: E402
-from memjax.train.run import setup, tiny_model_config  # noqa: E402
-from memjax.train.trainer import init_state, make_optimizer, make_train_step  # noqa: E402
+from memjax.train.run import run, setup, tiny_model_config  # noqa: E402
+from memjax.train.metrics import read_jsonl  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
 VAL_WINDOWS, VAL_BATCH = 64, 8
 
 
-def train(cfg: MemoryTrainConfig, curve_path: pathlib.Path | None):
-  """Train cfg.steps steps; (trainable, frozen, loss_fn, seconds per step after the first)."""
-  loss_fn, trainable, frozen, data = setup(cfg)
-  default, schedule = make_optimizer(cfg)
-  optimizer = with_value_group(default, cfg.method.memory.values_lr)
-  state = init_state(trainable, optimizer, cfg.seed)
-  step = make_train_step(loss_fn, optimizer, cfg.grad_accum, schedule)
-  batches = data.iterator()
-  rows, times = [], []
-  for i in range(1, cfg.steps + 1):
-    tick = time.perf_counter()
-    state, metrics = step(state, frozen, next(batches))
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    times.append(time.perf_counter() - tick)
-    if not math.isfinite(metrics["loss"]):
-      raise FloatingPointError(f"non-finite loss at step {i}: {metrics}")
-    if i % cfg.log_every == 0 or i == cfg.steps:
-      rows.append({"step": i, **metrics})
-      print(json.dumps(rows[-1]), flush=True)
+def train(cfg: TrainConfig, curve_path: pathlib.Path | None):
+  """Train (or resume) with `memjax.train.run`; (trainable, frozen, loss_fn, mean s/step).
+
+  The logged metrics (every log_every steps) are copied to `curve_path`.
+  """
+  state = run(cfg, progress=True)
+  loss_fn, _, frozen, _ = setup(cfg)
+  rows = read_jsonl(pathlib.Path(cfg.output_dir) / "metrics.jsonl")
   if curve_path is not None:
     curve_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  return state.trainable, frozen, loss_fn, float(np.mean(times[1:] or times))
+  seconds = [cfg.batch_size * cfg.seq_len / r["tokens_per_s"] for r in rows[1:] or rows]
+  return state.trainable, frozen, loss_fn, float(np.mean(seconds))
 
 
-def validate(cfg: MemoryTrainConfig, params, loss_fn, trainable, frozen):
+def validate(cfg: TrainConfig, params, loss_fn, trainable, frozen):
   """Held-out perplexity over VAL_WINDOWS windows of seq_len tokens, and per memory block
   the summed lookup mass per slot [n_slots]."""
   windows = heldout_windows(ByteTokenizer(), VAL_WINDOWS, cfg.seq_len, seed=0)
@@ -147,8 +136,10 @@ def main():
   elif args.steps:
     overrides.append(f"steps={args.steps}")
   with tempfile.TemporaryDirectory() as tmp:
-    cfg = load_config(MemoryTrainConfig, str(ROOT / "configs" / f"memory_{args.name}.yaml"),
-                      overrides + [f"output_dir={tmp}"])
+    if args.smoke:  # never resume a real run's checkpoints with smoke settings
+      overrides.append(f"output_dir={tmp}")
+    cfg = load_config(TrainConfig, str(ROOT / "configs" / f"memory_{args.name}.yaml"),
+                      overrides)
     runs = RESULTS / "memory_runs"
     runs.mkdir(parents=True, exist_ok=True)
     trainable, frozen, loss_fn, s_per_step = train(

@@ -11,7 +11,7 @@ import pytest
 from memjax.config import load_config
 from memjax.memory import usage
 from memjax.memory.optim import with_value_group
-from memjax.memory.train_settings import MemoryTrainConfig
+from memjax.train.config import TrainConfig
 from memjax.train.run import setup
 from memjax.train.trainer import init_state, make_optimizer, make_train_step
 
@@ -58,7 +58,7 @@ def test_value_tables_get_their_own_adam():
 def test_memory_method_trains_from_scratch(name, tmp_path):
   """The ablation config, shrunk: setup builds the from-scratch decoder with its memory,
   three steps lower the loss and log key usage."""
-  cfg = load_config(MemoryTrainConfig, str(CONFIGS / f"memory_{name}.yaml"), [
+  cfg = load_config(TrainConfig, str(CONFIGS / f"memory_{name}.yaml"), [
       "steps=3", "warmup_steps=0", "seq_len=32", "batch_size=2", "lr=1e-2",
       "method.memory.d_model=32", "method.memory.d_ff=64", "method.memory.head_dim=8",
       "method.memory.memory.n_keys=8", "method.memory.memory.topk=4",
@@ -69,9 +69,9 @@ def test_memory_method_trains_from_scratch(name, tmp_path):
   values = (trainable["memory"]["values"] if name == "memory_plus"
             else trainable["memory"]["layers"]["values"])
   assert values.shape[-2] == 64
-  default, schedule = make_optimizer(cfg)
-  optimizer = with_value_group(default, cfg.method.memory.values_lr)
+  optimizer, schedule = make_optimizer(cfg)  # the values get their own group
   state = init_state(trainable, optimizer, cfg.seed)
+  assert isinstance(state.opt_state, optax.MultiTransformState)  # values in their own group
   step = make_train_step(loss_fn, optimizer, cfg.grad_accum, schedule)
   batch = data.batch(0)
   losses = []
@@ -86,7 +86,7 @@ def test_memory_method_trains_from_scratch(name, tmp_path):
 
 def test_memory_method_refuses_a_pretrained_model(tmp_path):
   from memjax.train.methods import memory_params
-  cfg = load_config(MemoryTrainConfig, str(CONFIGS / "memory_pkm.yaml"),
+  cfg = load_config(TrainConfig, str(CONFIGS / "memory_pkm.yaml"),
                     ["model=smollm2-135m", f"output_dir={tmp_path}"])
   with pytest.raises(ValueError, match="from scratch"):
     memory_params(None, cfg, jax.random.PRNGKey(0))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 
-from memjax.train.partition import Params
+Params = dict[str, Any]  # a parameter pytree (as memjax.train.partition.Params)
 
 
 def is_value_table(path: str) -> bool:

@@ -1,16 +1,11 @@
-"""Settings of the "memory" training method: a decoder trained from scratch with memory.
-
-`MemoryMethodSettings` is meant to be the `memory` field of
-`memjax.train.config.MethodConfig`; until that field exists, `MemoryTrainConfig` (a
-TrainConfig whose method section has it) loads configs/memory_*.yaml.
-"""
+"""Settings of the "memory" training method (the `method.memory` section of a TrainConfig):
+a decoder trained from scratch with memory layers."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from memjax.models.config import MemoryConfig
-from memjax.train.config import MethodConfig, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,17 +31,3 @@ class MemoryMethodSettings:
   def __post_init__(self):
     if self.values_lr <= 0:
       raise ValueError(f"values_lr must be > 0, got {self.values_lr}")
-
-
-@dataclasses.dataclass(frozen=True)
-class MemoryMethodConfig(MethodConfig):
-  """MethodConfig plus the "memory" method's settings."""
-
-  memory: MemoryMethodSettings = dataclasses.field(default_factory=MemoryMethodSettings)
-
-
-@dataclasses.dataclass(frozen=True)
-class MemoryTrainConfig(TrainConfig):
-  """TrainConfig whose method section carries `memory` settings."""
-
-  method: MemoryMethodConfig = dataclasses.field(default_factory=MemoryMethodConfig)

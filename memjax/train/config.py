@@ -7,6 +7,7 @@ import pathlib
 from typing import Literal, Sequence
 
 from memjax.config import ConfigError, load_config
+from memjax.memory.train_settings import MemoryMethodSettings
 from memjax.sharding.config import MeshConfig
 
 
@@ -57,11 +58,13 @@ class MethodConfig:
       under them. Empty: the method's own default. Everything else stays frozen and has
       no optimiser state.
     trim_kv: hyper-parameters of the "trim_kv" method.
+    memory: decoder shapes, memory layers and value learning rate of the "memory" method.
   """
 
   name: str = "next_token"
   trainable: list[str] = dataclasses.field(default_factory=list)
   trim_kv: TrimKVConfig = dataclasses.field(default_factory=TrimKVConfig)
+  memory: MemoryMethodSettings = dataclasses.field(default_factory=MemoryMethodSettings)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,8 +23,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from memjax.memory import decoder, usage
+from memjax.memory.optim import with_value_group
 from memjax.models import llama
 from memjax.models.config import ModelConfig
 from memjax.retention import add_gates, init_gate_params, trimkv_loss
@@ -48,11 +50,15 @@ class Method:
     default_trainable: path patterns that train when `cfg.method.trainable` is empty.
     make_loss: (model_cfg, cfg) -> loss_fn; cfg carries remat, compute_dtype and the
       method's own section (e.g. cfg.method.trim_kv).
+    optimizer: (default optimiser, cfg) -> the optimiser the method trains with, e.g. with
+      its own parameter groups; unchanged by default.
   """
 
   new_params: Callable[[ModelConfig, TrainConfig, jax.Array], Params]
   default_trainable: tuple[str, ...]
   make_loss: Callable[[ModelConfig, TrainConfig], LossFn]
+  optimizer: Callable[[optax.GradientTransformation, TrainConfig],
+                      optax.GradientTransformation] = lambda default, cfg: default
 
 
 def get_method(name: str) -> Method:
@@ -181,6 +187,7 @@ MEMORY = Method(
     new_params=memory_params,
     default_trainable=("*",),
     make_loss=memory_loss,
+    optimizer=lambda default, cfg: with_value_group(default, cfg.method.memory.values_lr),
 )
 
 METHODS: dict[str, Method] = {"next_token": NEXT_TOKEN, "trim_kv": TRIM_KV, "memory": MEMORY}

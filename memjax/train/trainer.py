@@ -23,7 +23,7 @@ from memjax.models.config import ModelConfig
 from memjax.sharding import memory
 from memjax.train.checkpoint import Checkpointer
 from memjax.train.config import TrainConfig
-from memjax.train.methods import Batch, LossFn
+from memjax.train.methods import Batch, LossFn, get_method
 from memjax.train.metrics import MetricsLogger, ProgressBar
 from memjax.train.partition import Params
 
@@ -77,14 +77,15 @@ class NonFiniteLossError(ValueError):
 
 
 def make_optimizer(cfg: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW with linear warm-up to cfg.lr then cosine decay to cfg.end_lr, after clipping."""
+  """AdamW with linear warm-up to cfg.lr then cosine decay to cfg.end_lr, after clipping,
+  as the method of cfg adapts it (e.g. "memory" gives value tables their own Adam)."""
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
       decay_steps=cfg.steps, end_value=cfg.end_lr)
   adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
-  if cfg.clip_norm is None:
-    return adamw, schedule
-  return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw), schedule
+  default = adamw if cfg.clip_norm is None else optax.chain(
+      optax.clip_by_global_norm(cfg.clip_norm), adamw)
+  return get_method(cfg.method.name).optimizer(default, cfg), schedule
 
 
 def init_state(trainable: Params, optimizer: optax.GradientTransformation,
