@@ -3,11 +3,14 @@
 
   python tests/sharding_worker.py meshes OUT.json           (8 CPU devices via XLA_FLAGS)
   python tests/sharding_worker.py kernels OUT.json          (8 CPU devices)
+  python tests/sharding_worker.py dispatch OUT.json         (8 CPU devices)
+  python tests/sharding_worker.py pallas OUT.json           (8 CPU devices)
   python tests/sharding_worker.py process ID PORT DIR       (one of two processes)
   python tests/sharding_worker.py single DIR                (the one-process reference)
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
@@ -16,17 +19,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.experimental.pallas import tpu as pltpu
 
 from memjax import sharding
 from memjax.generation.generate import generate_ids
 from memjax.models import llama
+from memjax.models.config import tiny_config
+from memjax.retention import gate
+from memjax.retention.model import forward_gated
 from memjax.sharding.inference import sharded_chunk_step
 from memjax.sharding.logical import dict_path
 from memjax.cache import kv_cache
 from memjax.cache.policies import get_policy
 from memjax.train import (Checkpointer, TrainConfig, build_model, init_state, make_optimizer,
                           make_train_step, partition, run, train)
-from memjax.train.methods import next_token_loss
+from memjax.train.methods import next_token_ce, next_token_loss
 from memjax.train.metrics import read_jsonl
 from memjax.train.run import setup_run
 from memjax.train.trainer import step_shardings
@@ -125,7 +132,8 @@ def meshes(out: pathlib.Path) -> None:
 
 
 def kernels(out: pathlib.Path) -> None:
-  """shard_map-wrapped attention entry points (XLA backend) against the plain ones."""
+  """shard_map-wrapped attention entry points (GPU kernels, interpreted) against the plain
+  ones."""
   from memjax import kernels as plain
   from memjax.sharding import kernels as wrapped
   keys = jax.random.split(jax.random.PRNGKey(0), 6)
@@ -140,14 +148,75 @@ def kernels(out: pathlib.Path) -> None:
   results = {}
   for shape in MESHES:
     mesh_cfg = sharding.MeshConfig(axes=dict(zip(("data", "fsdp", "tensor"), shape)))
-    on_mesh = dict(mesh=sharding.build_mesh(mesh_cfg), rules=mesh_cfg.rules, backend="xla")
+    kernel = dict(backend="gpu", interpret=True)
+    on_mesh = dict(mesh=sharding.build_mesh(mesh_cfg), rules=mesh_cfg.rules, **kernel)
     results[str(shape)] = {
         "flash": rel_err(wrapped.flash_attention(q, k, v, log_beta, **on_mesh),
-                         plain.flash_attention(q, k, v, log_beta, backend="xla")),
+                         plain.flash_attention(q, k, v, log_beta, **kernel)),
         "decode": rel_err(wrapped.decode_attention(q, cache, positions, **on_mesh),
-                          plain.decode_attention(q, cache, positions=positions,
-                                                 backend="xla")),
+                          plain.decode_attention(q, cache, positions=positions, **kernel)),
     }
+  out.write_text(json.dumps(results))
+
+
+def pallas(out: pathlib.Path, run_kernels: bool) -> None:
+  """The model with TPU kernels (attention_impl="tpu") on meshes (2,2,2) and (1,4,2).
+
+  Always: whether the traced sharded forward, TRIM-KV forward and budgeted chunk step
+  hold a shard_map, for "tpu" and for "xla". With `run_kernels`: loss and gradients of
+  both forwards and budgeted generation under the TPU interpreter, against one device
+  on the XLA path.
+  """
+  tpu_cfg = tiny_config(attention_impl="tpu")
+  xla_cfg = dataclasses.replace(tpu_cfg, attention_impl="xla")
+  params = llama.init_params(tpu_cfg, jax.random.PRNGKey(0), scale=0.3)
+  params = gate.add_gates(params, gate.init_gate_params(tpu_cfg, 8, jax.random.PRNGKey(1),
+                                                        bias_init=2.0))
+  tokens = np.random.default_rng(0).integers(0, tpu_cfg.vocab_size, (4, 9), dtype=np.int32)
+  prompt_rng = np.random.default_rng(1)
+  prompts = [prompt_rng.integers(0, 97, n).tolist() for n in (5, 14, 16, 9)]
+  forwards = {"forward": lambda *a, **kw: llama.forward(*a, **kw),
+              "gated": lambda *a, **kw: forward_gated(*a, **kw)[0]}
+
+  def loss_and_grads(cfg, **on_mesh):
+    """Gradient of the sum of both forwards' next-token losses."""
+    loss = lambda params, tokens: sum(
+        next_token_ce(f(params, tokens[:, :-1], cfg, **on_mesh), tokens)[0]
+        for f in forwards.values())
+    return jax.value_and_grad(loss)
+
+  generate = lambda cfg, **kw: generate_ids(params, cfg, prompts, policy="h2o", budget=8,
+                                            max_new_tokens=3, prefill_chunk=8, **kw)
+  if run_kernels:
+    want_loss, want_grads = jax.jit(loss_and_grads(xla_cfg))(params, tokens)
+    want_tokens = generate(xla_cfg)
+  results = {}
+  for shape in MESHES[1:]:
+    mesh_cfg = sharding.MeshConfig(axes=dict(zip(("data", "fsdp", "tensor"), shape)))
+    mesh, rules = sharding.build_mesh(mesh_cfg), mesh_cfg.rules
+    params_sh = sharding.param_shardings(params, mesh, rules)
+    args = (sharding.put(params, params_sh),
+            sharding.put(tokens, sharding.batch_sharding(4, mesh, rules)))
+    cache = kv_cache.init_cache([8] * tpu_cfg.n_layers, len(prompts), tpu_cfg.n_kv_heads,
+                                tpu_cfg.head_dim)
+    holds_shard_map = {}
+    for backend, cfg in (("tpu", tpu_cfg), ("xla", xla_cfg)):
+      for name, f in forwards.items():
+        jaxpr = jax.jit(functools.partial(f, cfg=cfg, mesh=mesh, rules=rules)).trace(*args).jaxpr
+        holds_shard_map[f"{name}_{backend}"] = "shard_map" in str(jaxpr)
+      chunk = sharded_chunk_step(cfg, get_policy("h2o"), params, cache, mesh, rules)
+      holds_shard_map[f"generate_{backend}"] = "shard_map" in str(chunk.fn.trace(
+          params, cache, tokens[:, :8], tokens[:, :8] >= 0).jaxpr)
+    results[str(shape)] = {"holds_shard_map": holds_shard_map}
+    if run_kernels:
+      sharded = jax.jit(loss_and_grads(tpu_cfg, mesh=mesh, rules=rules),
+                        out_shardings=(sharding.replicated(mesh), params_sh))
+      with pltpu.force_tpu_interpret_mode(pltpu.InterpretParams()):
+        loss, grads = sharded(*args)
+        got_tokens = generate(tpu_cfg, mesh=mesh)
+      results[str(shape)].update(loss_rel_err=rel_err(loss, want_loss),
+                                 grad_rel_err=rel_err(grads, want_grads),
+                                 generate_tokens=got_tokens, want_tokens=want_tokens)
   out.write_text(json.dumps(results))
 
 
@@ -191,6 +260,8 @@ if __name__ == "__main__":
     meshes(pathlib.Path(args[0]))
   elif mode == "kernels":
     kernels(pathlib.Path(args[0]))
+  elif mode in ("dispatch", "pallas"):
+    pallas(pathlib.Path(args[0]), run_kernels=mode == "pallas")
   elif mode == "process":
     process(int(args[0]), int(args[1]), pathlib.Path(args[2]))
   else:

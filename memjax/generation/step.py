@@ -9,36 +9,39 @@ may hold different numbers of real tokens: padding sits at the end of a chunk
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Callable, Literal
 
 import einops
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
-from memjax import kernels
 from memjax.cache import kv_cache
 from memjax.cache.kv_cache import LayerCache, ModelCache
 from memjax.cache.policies import Policy
 from memjax.models import llama
 from memjax.models.config import ModelConfig
 from memjax.retention import gate
+from memjax.sharding import kernels as mesh_kernels
+from memjax.sharding.rules import Rules
 
 Output = Literal["last_logits", "target_logprobs"]
+# `memjax.sharding.kernels.decode_attention` with backend, mesh and rules bound.
+Attend = Callable[..., tuple[jax.Array, jax.Array | None]]
 
 
-def _attend_slots(q, cache: LayerCache, positions_BxC, attention_impl, with_probs: bool):
+def _attend_slots(q, cache: LayerCache, positions_BxC, attend: Attend, with_probs: bool):
   """Attention of the chunk's queries over slots (causal by position, empty slots masked).
 
   Returns the output and, if asked, the probabilities as policies read them,
   [B, Hkv, 1, C, N]: already averaged over each KV head's group of query heads.
   """
-  out, slot_mass_BxHkvxCxN = kernels.decode_attention(
-      q, cache, positions=positions_BxC, backend=attention_impl, with_slot_mass=with_probs)
+  out, slot_mass_BxHkvxCxN = attend(q, cache, positions_BxC, with_slot_mass=with_probs)
   return out, (slot_mass_BxHkvxCxN[:, :, None] if with_probs else None)
 
 
 def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
-                 attention_impl: str):
+                 attend: Attend):
   """A `llama.Mixer` that attends over cache ∪ chunk and then evicts down to the budget
   (or, for a policy that never evicts, appends the chunk in place and attends over that)."""
 
@@ -52,7 +55,7 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
       cache = kv_cache.append_in_order(cache, einops.rearrange(k, "b c h d -> b h c d"),
                                        einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                        positions_BxC[:, 0])
-      return _attend_slots(q, cache, positions_BxC, attention_impl, False)[0], (cache, layer)
+      return _attend_slots(q, cache, positions_BxC, attend, False)[0], (cache, layer)
     fresh_stats_BxHkvxC = None
     if policy.uses_retention_gate:
       log_beta_BxCxHkv = gate.log_beta(gate.layer_gate(p, f"policy {policy.name!r}"), h)
@@ -60,7 +63,7 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
     cands = kv_cache.candidates_of(cache, einops.rearrange(k, "b c h d -> b h c d"),
                                    einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                    fresh_stats_BxHkvxC)
-    out, probs = _attend_slots(q, cands, positions_BxC, attention_impl,
+    out, probs = _attend_slots(q, cands, positions_BxC, attend,
                                policy.needs_attention)
     cands = cands._replace(stats=policy.observe(cands.stats, probs, valid_BxC))
     return out, (kv_cache.evict(cands, policy, t_end_B, layer, cache.capacity), layer)
@@ -69,13 +72,16 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
 
 
 def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array,
-                  valid_BxC: jax.Array, cfg: ModelConfig,
-                  policy: Policy) -> tuple[jax.Array, ModelCache]:
+                  valid_BxC: jax.Array, cfg: ModelConfig, policy: Policy, *,
+                  mesh: Mesh | None = None,
+                  rules: Rules | None = None) -> tuple[jax.Array, ModelCache]:
   """Run a chunk through every layer, updating the cache.
 
   Args:
     tokens_BxC: int32 token ids; padded entries may hold any id.
     valid_BxC: bool, True for real tokens; each row's real tokens come first.
+    mesh, rules: under a `jit` sharded on `mesh` (logical axis `rules`), Pallas attention
+      runs per device block of batch rows and KV heads (`memjax.sharding.kernels`).
 
   Returns:
     hidden_BxCxD: final residual stream (before the final norm).
@@ -84,7 +90,9 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
   c = tokens_BxC.shape[1]
   positions_BxC = cache.t[:, None] + jnp.arange(c, dtype=jnp.int32)
   t_end_B = cache.t + jnp.sum(valid_BxC, axis=1, dtype=jnp.int32)
-  mix = _cache_mixer(policy, valid_BxC, t_end_B, cfg.attention_impl)
+  attend = functools.partial(mesh_kernels.decode_attention, backend=cfg.attention_impl,
+                             mesh=mesh, rules=rules)
+  mix = _cache_mixer(policy, valid_BxC, t_end_B, attend)
   x = llama.embed(params, tokens_BxC, cfg)
   groups, start = [], 0
   for group in cache.groups:
@@ -98,13 +106,15 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
 
 
 def chunk_step(params, cache, tokens_BxC, valid_BxC, targets_BxC=None, *, cfg: ModelConfig,
-               policy: Policy, output: Output):
-  """`forward_chunk` plus an output head.
+               policy: Policy, output: Output, mesh: Mesh | None = None,
+               rules: Rules | None = None):
+  """`forward_chunk` plus an output head (`mesh`, `rules` as there).
 
   output="last_logits": float32 logits [B, V] at each row's last real token.
   output="target_logprobs": float32 log p(targets) [B, C] at every position.
   """
-  hidden_BxCxD, cache = forward_chunk(params, cache, tokens_BxC, valid_BxC, cfg, policy)
+  hidden_BxCxD, cache = forward_chunk(params, cache, tokens_BxC, valid_BxC, cfg, policy,
+                                      mesh=mesh, rules=rules)
   if output == "last_logits":
     last_B = jnp.maximum(jnp.sum(valid_BxC, axis=1) - 1, 0)
     hidden_Bx1xD = jnp.take_along_axis(hidden_BxCxD, last_B[:, None, None], axis=1)

@@ -17,10 +17,13 @@ import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from memjax import kernels
 from memjax.attention import reference
 from memjax.models.config import ModelConfig
+from memjax.sharding import kernels as mesh_kernels
+from memjax.sharding.rules import Rules
 
 Params = dict[str, Any]
 # mix(layer_params, h, q, k, v, positions, layer_state) -> (attention output, new layer_state),
@@ -143,27 +146,35 @@ def _full_causal_mix(p, h, q, k, v, positions_BxT, state):
   return out, state
 
 
-def full_causal_mixer(cfg: ModelConfig) -> Mixer:
+def full_causal_mixer(cfg: ModelConfig, mesh: Mesh | None = None,
+                      rules: Rules | None = None) -> Mixer:
   """Causal attention over the whole sequence (positions 0..T-1 in every row) by
-  `cfg.attention_impl`: the XLA reference, or the Pallas flash-attention kernel."""
+  `cfg.attention_impl`: the XLA reference, or the Pallas flash-attention kernel (per
+  device block of batch rows and KV heads on `mesh`, see `memjax.sharding.kernels`)."""
   backend = kernels.resolve(cfg.attention_impl)
   if backend == "xla":
     return _full_causal_mix
 
   def mix(p, h, q, k, v, positions_BxT, state):
-    return kernels.flash_attention(q, k, v, causal=True, backend=backend), state
+    return mesh_kernels.flash_attention(q, k, v, causal=True, backend=backend, mesh=mesh,
+                                        rules=rules), state
 
   return mix
 
 
-def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig,
-            remat: bool = False) -> jax.Array:
-  """Full causal attention over the whole sequence: float32 logits [B, T, V]."""
+def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig, remat: bool = False, *,
+            mesh: Mesh | None = None, rules: Rules | None = None) -> jax.Array:
+  """Full causal attention over the whole sequence: float32 logits [B, T, V].
+
+  Under a `jit` sharded on `mesh` (logical axis `rules`, default
+  `memjax.sharding.DEFAULT_RULES`), Pallas attention runs per device block; the XLA path
+  ignores both (GSPMD partitions it).
+  """
   if cfg.memory is not None:
     from memjax.memory import decoder  # builds on this module
     return decoder.forward(params, tokens_BxT, cfg, remat)[0]
   b, t = tokens_BxT.shape
   positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   x, _ = run_layers(params["layers"], embed(params, tokens_BxT, cfg), positions_BxT, None,
-                    full_causal_mixer(cfg), cfg, remat)
+                    full_causal_mixer(cfg, mesh, rules), cfg, remat)
   return unembed(params, x, cfg)

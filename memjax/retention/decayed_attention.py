@@ -25,6 +25,9 @@ from typing import Literal
 import einops
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from memjax.sharding.rules import Rules
 
 Impl = Literal["reference", "blockwise"]
 _MASKED = -1e30
@@ -34,7 +37,8 @@ def decayed_attention(q_BxTxHqxDh: jax.Array, k_BxTxHkvxDh: jax.Array, v_BxTxHkv
                       log_beta_BxTxHkv: jax.Array, positions_BxT: jax.Array, *,
                       segment_ids: jax.Array | None = None, soft_cap: float | None = None,
                       impl: Impl = "blockwise", block: int = 128, remat: bool = False,
-                      backend: str = "xla") -> jax.Array:
+                      backend: str = "xla", mesh: Mesh | None = None,
+                      rules: Rules | None = None) -> jax.Array:
   """Causal GQA attention with the retention bias log β_j · (t − j) on the logits.
 
   Args:
@@ -53,16 +57,21 @@ def decayed_attention(q_BxTxHqxDh: jax.Array, k_BxTxHkvxDh: jax.Array, v_BxTxHkv
     backend: "xla" runs `impl`; "auto", "tpu" or "gpu" (a `ModelConfig.attention_impl`)
       runs `memjax.kernels.flash_attention` when it resolves to a Pallas kernel, which
       requires positions_BxT = 0..T-1 in every row (packed documents via segment ids).
+    mesh, rules: under a `jit` sharded on `mesh` (logical axis `rules`), the Pallas
+      kernels run per device block of batch rows and KV heads (`memjax.sharding.kernels`).
 
   Returns:
     out_BxTxHqxDh in the dtype of q; softmax and accumulation run in float32.
   """
   if backend != "xla":
-    from memjax import kernels  # Imported here: the kernels use this module as their oracle.
+    # Imported here: the kernels use this module as their oracle.
+    from memjax import kernels
+    from memjax.sharding import kernels as mesh_kernels
     if kernels.resolve(backend) != "xla":
-      return kernels.flash_attention(q_BxTxHqxDh, k_BxTxHkvxDh, v_BxTxHkvxDh, log_beta_BxTxHkv,
-                                     segment_ids=segment_ids, soft_cap=soft_cap,
-                                     backend=backend)
+      return mesh_kernels.flash_attention(q_BxTxHqxDh, k_BxTxHkvxDh, v_BxTxHkvxDh,
+                                          log_beta_BxTxHkv, segment_ids=segment_ids,
+                                          soft_cap=soft_cap, backend=backend, mesh=mesh,
+                                          rules=rules)
   if segment_ids is None:
     segment_ids = jnp.zeros(positions_BxT.shape, jnp.int32)
   args = (q_BxTxHqxDh, k_BxTxHkvxDh, v_BxTxHkvxDh, log_beta_BxTxHkv, positions_BxT, segment_ids)

@@ -31,7 +31,8 @@ class ShardedChunkStep(NamedTuple):
 
 def sharded_chunk_step(cfg: ModelConfig, policy: Policy, params: Any, cache: ModelCache,
                        mesh: Mesh, rules: Rules) -> ShardedChunkStep:
-  """`step.chunk_step` with output "last_logits", compiled with in/out shardings on `mesh`.
+  """`step.chunk_step` with output "last_logits", compiled with in/out shardings on `mesh`
+  (Pallas attention kernels wrapped in `shard_map`, per device block of rows and KV heads).
 
   Compiled programs are shared between calls with the same model, policy, mesh, rules and
   array shapes.
@@ -55,7 +56,8 @@ def _compiled(cfg: ModelConfig, policy: Policy, mesh: Mesh, frozen_rules: tuple,
   params_sh = param_shardings(params, mesh, rules)
   cache_sh = cache_shardings(cache, mesh, rules)
   rows = batch_sharding(cache.t.shape[0], mesh, rules)
-  fn = jax.jit(functools.partial(step.chunk_step, cfg=cfg, policy=policy, output="last_logits"),
+  fn = jax.jit(functools.partial(step.chunk_step, cfg=cfg, policy=policy, output="last_logits",
+                                 mesh=mesh, rules=rules),
                in_shardings=(params_sh, cache_sh, rows, rows),
                out_shardings=(replicated(mesh), cache_sh), donate_argnums=(1,))
   return ShardedChunkStep(fn, params_sh, cache_sh)
