@@ -1,4 +1,5 @@
-"""The `memjax` command line: `memjax eval|train CONFIG [key=value ...]`, `generate`, `export-gates`."""
+"""The `memjax` command line: `memjax eval|train CONFIG [key=value ...]`, `generate`,
+`export-gates`, `reproduce NAME [--small]`."""
 
 from __future__ import annotations
 
@@ -60,6 +61,23 @@ def _export_gates(args) -> None:
         f"memjax.load(..., gates={str(path)!r}) or `memjax eval ... gates={path}`")
 
 
+def _reproduce(args) -> None:
+  from memjax import reproduce
+
+  if args.list or args.name is None:
+    width = max(map(len, reproduce.ABLATIONS))
+    for name, ablation in reproduce.ABLATIONS.items():
+      print(f"{name.ljust(width)}  {ablation.compares}")
+    return
+  try:
+    record = reproduce.reproduce(args.name, small=args.small, out=args.out, redo=args.redo)
+  except reproduce.ReproduceError as err:
+    raise SystemExit(f"memjax reproduce: error: {err}") from err
+  out = pathlib.Path(record["out_dir"])
+  print(f"{args.name}: wrote {', '.join(record['outputs'])} in {out}; manifest: "
+        f"{reproduce.manifest_path(args.name, out)}")
+
+
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="memjax", description="Memory-bounded attention in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -94,6 +112,16 @@ def parser() -> argparse.ArgumentParser:
   gen.add_argument("--prefill-chunk", type=int, default=512)
   gen.add_argument("--temperature", type=float, default=0.0)
   gen.set_defaults(run=_generate)
+
+  rp = sub.add_parser("reproduce", help="run one ablation of experiments/ end to end (resumable)")
+  rp.add_argument("name", nargs="?", help="ablation name (see --list)")
+  rp.add_argument("--list", action="store_true", help="list the ablations and exit")
+  rp.add_argument("--small", action="store_true",
+                  help="tiny settings (minutes on a CPU) into experiments/results/small/")
+  rp.add_argument("--out", default=None, help="output directory (default experiments/results, "
+                  "or experiments/results/small with --small)")
+  rp.add_argument("--redo", action="store_true", help="rerun steps a previous call finished")
+  rp.set_defaults(run=_reproduce)
   return p
 
 

@@ -1,0 +1,157 @@
+"""Every ablation that `memjax reproduce NAME` runs: its commands, full and small, and outputs.
+
+An ablation is a list of steps, each one command run from the repository root with the
+current Python. Every command resumes by itself (row logs of `memjax eval`, training
+checkpoints), and the runner skips the steps a previous call finished, so an interrupted
+`memjax reproduce NAME` picks up where it stopped. `small=True` swaps in tiny settings
+(short contexts, two or three policies, two cases, a few training steps) so that each
+ablation runs in minutes on a 2-core CPU; its outputs and training runs go to separate
+directories, never over the real results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import pathlib
+from typing import Any, Callable
+
+RESULTS = pathlib.Path("experiments/results")
+SMALL_RESULTS = RESULTS / "small"
+SMALL_RUNS = pathlib.Path("runs/small")
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """One command of an ablation.
+
+  Attributes:
+    argv: the command after the Python interpreter, run from the repository root, e.g.
+      ("-m", "memjax.cli", "eval", "configs/sweep.yaml", "n_cases=16").
+    configs: returns label -> resolved config (a dataclass) of what the command runs,
+      for the manifest; imported lazily so that listing ablations stays cheap.
+  """
+
+  argv: tuple[str, ...]
+  configs: Callable[[], dict[str, Any]] = dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+  """A reproducible ablation.
+
+  Attributes:
+    name: what `memjax reproduce NAME` calls it.
+    compares: one line saying what it compares.
+    steps: (output directory, small?) -> the commands to run, in order.
+    outputs: glob patterns (relative to the output directory) that a finished run has
+      written; each must match at least one file.
+  """
+
+  name: str
+  compares: str
+  steps: Callable[[pathlib.Path, bool], list[Step]]
+  outputs: tuple[str, ...]
+
+
+def _eval_step(config: str, overrides: list[str], out: pathlib.Path, label: str = "eval") -> Step:
+  """`memjax eval config overrides output_dir=out`, with its EvalConfig for the manifest."""
+  overrides = [*overrides, f"output_dir={out}"]
+
+  def configs():
+    from memjax.config import load_config
+    from memjax.eval.config import EvalConfig
+    return {label: load_config(EvalConfig, config, overrides)}
+
+  return Step(("-m", "memjax.cli", "eval", config, *overrides), configs)
+
+
+def _script_step(script: str, args: list[str]) -> Step:
+  """`python experiments/SCRIPT.py args`; configs from the script's `configs(argv)` if any."""
+
+  def configs():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(pathlib.Path(script).stem, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.configs(args) if hasattr(module, "configs") else {}
+
+  return Step((script, *args), configs)
+
+
+# Tiny retrieval settings shared by the small policy x budget runs: ~300-token contexts,
+# two cases, a 25% budget, perplexity over one 128-token window.
+SMALL_EVAL = ["budgets=[0.25]", "context_tokens=[300]", "n_cases=2", "batch_size=2",
+              "depths=[0.5]", "prefill_chunk=128", "ppl_windows=1", "ppl_window_tokens=128",
+              "ppl_chunk=32"]
+
+
+def _sweep(out: pathlib.Path, small: bool) -> list[Step]:
+  # The committed results are the 2,000-token, 16-case part of configs/sweep.yaml.
+  overrides = (["policies=[full,window,keydiff]", *SMALL_EVAL] if small
+               else ["context_tokens=[2000]", "n_cases=16"])
+  return [_eval_step("configs/sweep.yaml", overrides, out)]
+
+
+def _budget_schedule(out: pathlib.Path, small: bool) -> list[Step]:
+  args = ["configs/budget_schedule.yaml", f"output_dir={out}"]
+  if small:
+    args += ["policies=[full,h2o]", *SMALL_EVAL]
+  else:  # its uniform rows are the sweep's (same row fingerprint)
+    args += ["--reuse", str(RESULTS / "sweep.rows.jsonl")]
+  return [_script_step("experiments/budget_schedule.py", args)]
+
+
+def _trimkv(out: pathlib.Path, small: bool) -> list[Step]:
+  names = ["full_objective", "no_capacity"] if small else ["all"]
+  runs = ["--small", "--runs", str(SMALL_RUNS / "trimkv_ablations")] if small else []
+  return [_script_step("experiments/trimkv_ablation.py", [*names, "--out", str(out), *runs])]
+
+
+MEMORY_RUNS = ("dense", "dense2x", "pkm", "memory_plus")
+
+
+def _memory(out: pathlib.Path, small: bool) -> list[Step]:
+  steps = []
+  for name in MEMORY_RUNS:
+    runs = ["--small", f"output_dir={SMALL_RUNS / f'memory_{name}'}"] if small else []
+    steps.append(_script_step("experiments/memory_ablation.py",
+                              [name, "--out", str(out), *runs]))
+  return steps
+
+
+def _assoc_recall(out: pathlib.Path, small: bool) -> list[Step]:
+  return [_script_step("experiments/assoc_recall.py",
+                       [*(["--small"] if small else []), "--out", str(out)])]
+
+
+ABLATIONS = {a.name: a for a in [
+    Ablation("sweep", "every eviction policy x budget (50/25/12.5%) on SmolLM2-135M: "
+             "needle retrieval and held-out perplexity", _sweep,
+             ("sweep.md", "sweep.csv", "sweep_single_*.png")),
+    Ablation("budget_schedule", "uniform vs pyramid per-layer budgets (same mean) for "
+             "h2o, snapkv, keydiff at 25/12.5% on SmolLM2-135M", _budget_schedule,
+             ("budget_schedule.md", "budget_schedule.csv", "budget_schedule_single_*.png")),
+    Ablation("trimkv_ablations", "TRIM-KV objective ablations (no capacity / KL / CE loss, "
+             "gate width): learned retrieval and perplexity at 25%", _trimkv,
+             ("trimkv_ablations.md", "trimkv_ablations.csv", "trimkv_ablations.png")),
+    Ablation("memory_layers", "from-scratch byte models: dense, 2x deeper dense, PKM, "
+             "Memory+: held-out perplexity and key usage", _memory,
+             ("memory_layers.md", "memory_layers.csv", "memory_curves.png", "memory_usage.png")),
+    Ablation("assoc_recall", "associative recall: sliding window vs neural memory vs full "
+             "attention", _assoc_recall, ("assoc_recall.md", "assoc_recall.csv",
+                                           "assoc_recall.png")),
+]}
+
+
+def get_ablation(name: str) -> Ablation:
+  """The ablation called `name`.
+
+  Raises:
+    ValueError: unknown name; the message names the nearest one and lists them all.
+  """
+  if name not in ABLATIONS:
+    nearest = difflib.get_close_matches(name, list(ABLATIONS), n=1, cutoff=0.0)[0]
+    raise ValueError(f"unknown ablation {name!r}; did you mean {nearest!r}? "
+                     f"(`memjax reproduce --list` shows all: {', '.join(ABLATIONS)})")
+  return ABLATIONS[name]
