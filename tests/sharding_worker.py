@@ -24,15 +24,20 @@ from jax.experimental.pallas import tpu as pltpu
 from memjax import sharding
 from memjax.generation.generate import generate_ids
 from memjax.models import llama
-from memjax.models.config import tiny_config
+from memjax.memory.train_settings import MemoryMethodSettings
+from memjax.models.config import MemoryConfig, tiny_config
 from memjax.retention import gate
 from memjax.retention.model import forward_gated
 from memjax.sharding.inference import sharded_chunk_step
 from memjax.sharding.logical import dict_path
 from memjax.cache import kv_cache
+from memjax.eval.config import EvalConfig
+from memjax.eval.harness import device_mesh
+from memjax.eval.perplexity import budgeted_logprobs
 from memjax.cache.policies import get_policy
 from memjax.train import (Checkpointer, TrainConfig, build_model, init_state, make_optimizer,
                           make_train_step, partition, run, train)
+from memjax.train.config import MethodConfig, TrimKVConfig
 from memjax.train.methods import next_token_ce, next_token_loss
 from memjax.train.metrics import read_jsonl
 from memjax.train.run import setup_run
@@ -98,6 +103,10 @@ def meshes(out: pathlib.Path) -> None:
   generate = lambda **kw: generate_ids(gen_params, model_cfg, prompts, policy="h2o", budget=16,
                                        max_new_tokens=8, prefill_chunk=16, **kw)
   want_tokens = generate()
+  windows = prompt_rng.integers(0, 256, (8, 48)).astype(np.int32)
+  logprobs = lambda **kw: budgeted_logprobs(gen_params, model_cfg, windows, get_policy("tova"),
+                                            [12] * model_cfg.n_layers, chunk=8, **kw)
+  want_logprobs = logprobs()[0]
 
   results = {}
   for shape in MESHES:
@@ -117,7 +126,10 @@ def meshes(out: pathlib.Path) -> None:
     compiled = sharded_chunk_step(model_cfg, get_policy("h2o"), gen_params, cache, mesh,
                                   mesh_cfg.rules)
     losses = [row["loss"] for row in read_jsonl(pathlib.Path(cfg.output_dir) / "metrics.jsonl")]
+    got_logprobs, ppl_cache = logprobs(**device_mesh(EvalConfig(mesh=mesh_cfg)))
     results[str(shape)] = {
+        "perplexity_logprobs_rel_err": rel_err(got_logprobs, want_logprobs),
+        "perplexity_cache_k_spec": str(ppl_cache.groups[0].k.sharding.spec),
         "loss_rel_err": abs(float(loss) - float(want_loss)) / abs(float(want_loss)),
         "step_losses_rel_err": rel_err(losses, want_losses),
         "grad_rel_err": rel_err(grads, want_grads),
@@ -159,11 +171,33 @@ def kernels(out: pathlib.Path) -> None:
   out.write_text(json.dumps(results))
 
 
+# Each training method's settings, small: memory with a product-key block (decoder.forward).
+METHOD_SETTINGS = {
+    "next_token": MethodConfig(name="next_token"),
+    "trim_kv": MethodConfig(name="trim_kv", trim_kv=TrimKVConfig(memory_M=4, gate_hidden=4)),
+    "memory": MethodConfig(name="memory", memory=MemoryMethodSettings(
+        d_model=16, n_layers=2, n_heads=2, n_kv_heads=2, head_dim=8, d_ff=32,
+        memory=MemoryConfig(layers=(1,), heads=2, k_dim=8, n_keys=4, topk=2))),
+}
+
+
+def loss_holds_shard_map(method: str, backend: str, mesh_cfg: sharding.MeshConfig) -> bool:
+  """Whether the trainer's loss of `method` (a run on `mesh_cfg` with attention `backend`)
+  traces to a shard_map."""
+  cfg = TrainConfig(model="tiny", seq_len=8, batch_size=4, synthetic_fraction=0.0,
+                    attention_impl=backend,
+                    mesh=mesh_cfg, method=METHOD_SETTINGS[method])
+  loss_fn, trainable, frozen, _ = setup_run(cfg)[:4]
+  batch = {"tokens": np.zeros((4, 9), np.int32)}
+  jaxpr = jax.jit(loss_fn).trace(trainable, frozen, batch, jax.random.PRNGKey(0)).jaxpr
+  return "shard_map" in str(jaxpr)
+
+
 def pallas(out: pathlib.Path, run_kernels: bool) -> None:
   """The model with TPU kernels (attention_impl="tpu") on meshes (2,2,2) and (1,4,2).
 
-  Always: whether the traced sharded forward, TRIM-KV forward and budgeted chunk step
-  hold a shard_map, for "tpu" and for "xla". With `run_kernels`: loss and gradients of
+  Always: whether the traced sharded forward, TRIM-KV forward, budgeted chunk step and
+  the trainer's loss of every method hold a shard_map, for "tpu" and for "xla". With `run_kernels`: loss and gradients of
   both forwards and budgeted generation under the TPU interpreter, against one device
   on the XLA path.
   """
@@ -207,6 +241,9 @@ def pallas(out: pathlib.Path, run_kernels: bool) -> None:
       chunk = sharded_chunk_step(cfg, get_policy("h2o"), params, cache, mesh, rules)
       holds_shard_map[f"generate_{backend}"] = "shard_map" in str(chunk.fn.trace(
           params, cache, tokens[:, :8], tokens[:, :8] >= 0).jaxpr)
+      for method in METHOD_SETTINGS:
+        holds_shard_map[f"{method}_loss_{backend}"] = loss_holds_shard_map(method, backend,
+                                                                           mesh_cfg)
     results[str(shape)] = {"holds_shard_map": holds_shard_map}
     if run_kernels:
       sharded = jax.jit(loss_and_grads(tpu_cfg, mesh=mesh, rules=rules),

@@ -101,6 +101,15 @@ def test_sharded_budgeted_generation_equals_one_device(runs, mesh):
 
 
 @pytest.mark.distributed
+@pytest.mark.parametrize("mesh", MESHES)
+def test_evaluation_perplexity_on_the_mesh_equals_one_device(runs, mesh):
+  # budgeted_logprobs through the eval harness's mesh (EvalConfig.mesh on 8 devices).
+  result = runs["meshes"][mesh]
+  assert result["perplexity_cache_k_spec"] == str(P(None, ("data", "fsdp"), "tensor", None, None))
+  assert result["perplexity_logprobs_rel_err"] < 1e-5
+
+
+@pytest.mark.distributed
 def test_a_run_prints_per_device_memory(runs):
   stdout = runs["stdout"]
   for mesh in ("data=8 fsdp=1 tensor=1", "data=2 fsdp=2 tensor=2", "data=1 fsdp=4 tensor=2"):
@@ -135,10 +144,11 @@ def test_shard_mapped_attention_kernels_equal_the_plain_ones(runs, mesh):
 
 
 def _shard_mapped_only_on_pallas(holds_shard_map: dict) -> None:
-  # Forward, TRIM-KV forward and budgeted chunk step: Pallas kernels run per device block;
+  # Forward, TRIM-KV forward, budgeted chunk step and training losses: Pallas kernels run per device block;
   # the XLA path stays a plain GSPMD-partitioned program.
   assert holds_shard_map == {f"{step}_{backend}": backend == "tpu"
-                             for step in ("forward", "gated", "generate")
+                             for step in ("forward", "gated", "generate", "next_token_loss",
+                                          "trim_kv_loss", "memory_loss")
                              for backend in ("tpu", "xla")}
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from memjax.data.retrieval import KINDS
 from memjax.eval.report import protocol_label
+from memjax.sharding.config import MeshConfig
 
 ALL_POLICIES = [
     "full", "window", "streaming", "h2o", "tova", "snapkv", "keydiff", "knorm", "random"]
@@ -47,6 +48,9 @@ class EvalConfig:
     corpus: local text files to use instead of the shipped corpus (empty: shipped).
     output_dir: directory for tables, CSV and plots.
     name: file stem of this run's outputs.
+    mesh: on more than one device, generation and perplexity run on this mesh (batch rows
+      over data/fsdp, cache KV heads over tensor; `memjax.sharding`); one device ignores it.
+      Results do not depend on it (it is not part of the row fingerprint).
   """
 
   model: str = "smollm2-135m"
@@ -71,6 +75,7 @@ class EvalConfig:
   corpus: list[str] = dataclasses.field(default_factory=list)
   output_dir: str = "experiments/results"
   name: str = "policy_budget"
+  mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
   def __post_init__(self):
     for field in ("policies", "budgets", "tasks", "context_tokens", "depths"):

@@ -8,9 +8,11 @@ import pathlib
 import time
 from typing import Any
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from memjax import sharding
 from memjax.cache.policies import get_policy
 from memjax.config import config_to_dict
 from memjax.data import corpus, retrieval
@@ -32,8 +34,9 @@ def _settings(cfg: EvalConfig) -> list[tuple[str, float | None]]:
 
 
 def _answer_cases(lm: LanguageModel, cases, policy: str, budget: int | None,
-                  cfg: EvalConfig) -> list[float]:
-  """Scores of `cases` answered in batches under one (policy, budget)."""
+                  cfg: EvalConfig, on_mesh: dict) -> list[float]:
+  """Scores of `cases` answered in batches under one (policy, budget); `on_mesh`: the
+  mesh and rules of `device_mesh`."""
   scores = []
   for start in range(0, len(cases), cfg.batch_size):
     batch = cases[start:start + cfg.batch_size]
@@ -44,7 +47,7 @@ def _answer_cases(lm: LanguageModel, cases, policy: str, budget: int | None,
     answers = generate_ids(lm.params, lm.cfg, contexts, policy=get_policy(policy), budget=budget,
                            budget_schedule=cfg.budget_schedule, questions=questions,
                            max_new_tokens=cfg.max_new_tokens, prefill_chunk=cfg.prefill_chunk,
-                           eos_id=lm.tokenizer.eos_id)
+                           eos_id=lm.tokenizer.eos_id, **on_mesh)
     scores += [retrieval.score_answer(c, lm.tokenizer.decode(a)) for c, a in zip(batch, answers)]
   return scores
 
@@ -87,7 +90,7 @@ def fingerprint(cfg: EvalConfig) -> str:
   """Hash of the settings that change a row's value (not which rows are asked for)."""
   settings = config_to_dict(cfg)
   for field in ("policies", "gates", "budgets", "tasks", "context_tokens", "perplexity",
-                "batch_size", "output_dir", "name"):
+                "batch_size", "output_dir", "name", "mesh"):
     settings.pop(field)
   return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -106,9 +109,18 @@ def _row_key(row: dict[str, Any]) -> tuple:
   return row["task"], row["context_tokens"], row["policy"], row["budget"], row.get("gates")
 
 
+def device_mesh(cfg: EvalConfig) -> dict:
+  """{"mesh", "rules"} for generation and perplexity: cfg.mesh on more than one device,
+  no mesh on one."""
+  if jax.device_count() == 1:
+    return {}
+  return {"mesh": sharding.build_mesh(cfg.mesh), "rules": cfg.mesh.rules}
+
+
 def retrieval_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog,
                    progress: bool = True) -> list[dict[str, Any]]:
   """Accuracy rows for every (context length, task, policy, budget) of the config."""
+  on_mesh = device_mesh(cfg)
   rows = []
   settings = _settings(cfg)
   jobs = [(n, task) for n in cfg.context_tokens for task in cfg.tasks]
@@ -123,7 +135,7 @@ def retrieval_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog,
         slots = None if budget is None else budget_tokens(budget, context_tokens)
         bar.set_postfix_str(f"{task} {context_tokens} {policy} {slots or 'full'}")
         started = time.perf_counter()
-        scores = _answer_cases(lm, cases, policy, slots, cfg)
+        scores = _answer_cases(lm, cases, policy, slots, cfg, on_mesh)
         log.add(dict(policy=policy, budget=budget, budget_tokens=slots, task=task,
                      context_tokens=context_tokens, accuracy=float(np.mean(scores)),
                      n=len(scores), seconds=round(time.perf_counter() - started, 1)))
@@ -136,6 +148,7 @@ def retrieval_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog,
 def perplexity_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog,
                     progress: bool = True) -> list[dict[str, Any]]:
   """Held-out perplexity for every (policy, budget), budgets relative to the window length."""
+  on_mesh = device_mesh(cfg)
   text = corpus.load_corpus("heldout", cfg.corpus or None)
   windows = corpus.heldout_windows(lm.tokenizer, cfg.ppl_windows, cfg.ppl_window_tokens,
                                    cfg.seed, text=text)
@@ -150,7 +163,7 @@ def perplexity_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog,
     per_layer = resolve_budgets(lm.cfg, pol, slots, cfg.ppl_window_tokens, cfg.budget_schedule)
     logprobs = np.concatenate([
         budgeted_logprobs(lm.params, lm.cfg, windows[i:i + cfg.batch_size], pol, per_layer,
-                          cfg.ppl_chunk)[0]
+                          cfg.ppl_chunk, **on_mesh)[0]
         for i in range(0, len(windows), cfg.batch_size)])
     rows.append(log.add(dict(policy=policy, budget=budget, budget_tokens=slots,
                              task="perplexity", context_tokens=cfg.ppl_window_tokens,

@@ -17,10 +17,8 @@ from tqdm.auto import tqdm
 from memjax.cache import budgets as budgets_lib
 from memjax.cache import kv_cache
 from memjax.cache.policies import Policy, get_policy
-from memjax.generation import step
 from memjax.models.config import ModelConfig
-from memjax.sharding import DEFAULT_RULES, put
-from memjax.sharding.inference import sharded_chunk_step
+from memjax.sharding.inference import placed_chunk_step
 from memjax.sharding.rules import Rules
 
 FULL_CAPACITY_QUANTUM = 256
@@ -132,12 +130,8 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
   total = max(len(p) for p in prompts) + longest_question + max_new_tokens
   per_layer = resolve_budgets(cfg, policy, budget, total, budget_schedule)
   cache = kv_cache.init_cache(per_layer, batch, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype)
-  if mesh is None:
-    chunk_fn = step.jitted_chunk_step(cfg, policy, "last_logits")
-  else:
-    sharded = sharded_chunk_step(cfg, policy, params, cache, mesh, rules or DEFAULT_RULES)
-    chunk_fn = sharded.fn
-    params, cache = put(params, sharded.params), put(cache, sharded.cache)
+  chunk_fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "last_logits", mesh,
+                                              rules)
 
   logits, cache = _first_logits(chunk_fn, params, cache, prompts, prefill_chunk)
   if questions is not None and longest_question:

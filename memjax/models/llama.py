@@ -172,7 +172,7 @@ def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig, remat: bool
   """
   if cfg.memory is not None:
     from memjax.memory import decoder  # builds on this module
-    return decoder.forward(params, tokens_BxT, cfg, remat)[0]
+    return decoder.forward(params, tokens_BxT, cfg, remat, mesh=mesh, rules=rules)[0]
   b, t = tokens_BxT.shape
   positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   x, _ = run_layers(params["layers"], embed(params, tokens_BxT, cfg), positions_BxT, None,

@@ -14,18 +14,25 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from memjax.models import llama
 from memjax.models.config import ModelConfig
 from memjax.retention import capacity, gate
 from memjax.retention.decayed_attention import Impl
 from memjax.retention.model import forward_gated
+from memjax.sharding.rules import Rules
+
+
+def target_ce(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+  """Mean cross-entropy (nats) of targets [B, T] under logits [B, T, V] at the same place."""
+  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1))
 
 
 def next_token_ce(logits_BxTxV: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
   """Mean cross-entropy (nats) of predicting token t + 1 from logits at t."""
-  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
-  return -jnp.mean(jnp.take_along_axis(logp_BxTxV, tokens_BxT[:, 1:, None], axis=-1))
+  return target_ce(logits_BxTxV[:, :-1], tokens_BxT[:, 1:])
 
 
 def forward_kl(teacher_logits_BxTxV: jax.Array, student_logits_BxTxV: jax.Array) -> jax.Array:
@@ -39,7 +46,8 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
                 tokens_BxT: jax.Array, cfg: ModelConfig, *, memory_M: int,
                 weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
                 teacher_logits: jax.Array | None = None, impl: Impl = "blockwise",
-                block: int = 128, remat: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+                block: int = 128, remat: bool = False, mesh: Mesh | None = None,
+                rules: Rules | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The TRIM-KV loss of the gates on one batch; differentiate w.r.t. `gate_params` only.
 
   Args:
@@ -50,6 +58,8 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
     weights: Python floats (w_ce, w_kl, w_cap), see the module docstring.
     teacher_logits: float32 [B, T, V] of the ungated model, if already computed.
     impl, block, remat: passed to `decayed_attention` (block also tiles the capacity sums).
+    mesh, rules: under a `jit` sharded on `mesh`, Pallas attention runs per device block
+      (student and teacher).
 
   Returns:
     loss: float32 scalar.
@@ -58,9 +68,9 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
   frozen_params = jax.lax.stop_gradient(frozen_params)
   logits_BxTxV, log_beta_LxBxTxHkv = forward_gated(
       gate.add_gates(frozen_params, gate_params), tokens_BxT, cfg, impl=impl, block=block,
-      remat=remat)
+      remat=remat, mesh=mesh, rules=rules)
   if teacher_logits is None:
-    teacher_logits = llama.forward(frozen_params, tokens_BxT, cfg)
+    teacher_logits = llama.forward(frozen_params, tokens_BxT, cfg, mesh=mesh, rules=rules)
   metrics = {
       "ce": next_token_ce(logits_BxTxV, tokens_BxT),
       "kl": forward_kl(jax.lax.stop_gradient(teacher_logits), logits_BxTxV),

@@ -17,28 +17,43 @@ from memjax.cache.kv_cache import ModelCache
 from memjax.cache.policies import Policy
 from memjax.generation import step
 from memjax.models.config import ModelConfig
+from memjax.sharding.config import DEFAULT_RULES
 from memjax.sharding.layout import batch_sharding, cache_shardings, param_shardings
-from memjax.sharding.rules import Rules, replicated
+from memjax.sharding.rules import Rules, put, replicated
 
 
 class ShardedChunkStep(NamedTuple):
-  """A jitted `chunk_step(params, cache, tokens_BxC, valid_BxC) -> (logits, cache)` (the
-  cache donated) and the shardings its params and cache must have (see `put`)."""
+  """A jitted `chunk_step(params, cache, tokens_BxC, valid_BxC[, targets_BxC]) -> (out,
+  cache)` (the cache donated) and the shardings its params and cache must have (see `put`)."""
   fn: Any
   params: Any
   cache: ModelCache
 
 
 def sharded_chunk_step(cfg: ModelConfig, policy: Policy, params: Any, cache: ModelCache,
-                       mesh: Mesh, rules: Rules) -> ShardedChunkStep:
-  """`step.chunk_step` with output "last_logits", compiled with in/out shardings on `mesh`
-  (Pallas attention kernels wrapped in `shard_map`, per device block of rows and KV heads).
+                       mesh: Mesh, rules: Rules,
+                       output: step.Output = "last_logits") -> ShardedChunkStep:
+  """`step.chunk_step` with `output` ("last_logits", or "target_logprobs", which takes the
+  targets [B, C] as a fifth argument), compiled with in/out shardings on `mesh` (Pallas
+  attention kernels wrapped in `shard_map`, per device block of rows and KV heads).
 
   Compiled programs are shared between calls with the same model, policy, mesh, rules and
   array shapes.
   """
   frozen_rules = tuple((name, tuple(axes)) for name, axes in rules.items())
-  return _compiled(cfg, policy, mesh, frozen_rules, _abstract(params), _abstract(cache))
+  return _compiled(cfg, policy, mesh, frozen_rules, _abstract(params), _abstract(cache), output)
+
+
+def placed_chunk_step(cfg: ModelConfig, policy: Policy, params: Any, cache: ModelCache,
+                      output: step.Output, mesh: Mesh | None = None,
+                      rules: Rules | None = None) -> tuple[Any, Any, ModelCache]:
+  """(chunk step, params, cache) ready to run: one device's `step.jitted_chunk_step`
+  without a mesh; on `mesh` (rules default DEFAULT_RULES) `sharded_chunk_step`, with params
+  and cache placed on their shardings."""
+  if mesh is None:
+    return step.jitted_chunk_step(cfg, policy, output), params, cache
+  sharded = sharded_chunk_step(cfg, policy, params, cache, mesh, rules or DEFAULT_RULES, output)
+  return sharded.fn, put(params, sharded.params), put(cache, sharded.cache)
 
 
 def _abstract(tree: Any) -> tuple:
@@ -49,15 +64,16 @@ def _abstract(tree: Any) -> tuple:
 
 @functools.lru_cache(maxsize=32)
 def _compiled(cfg: ModelConfig, policy: Policy, mesh: Mesh, frozen_rules: tuple,
-              params_key: tuple, cache_key: tuple) -> ShardedChunkStep:
+              params_key: tuple, cache_key: tuple, output: step.Output) -> ShardedChunkStep:
   rules = {name: list(axes) for name, axes in frozen_rules}
   params = jax.tree.unflatten(*params_key)
   cache = jax.tree.unflatten(*cache_key)
   params_sh = param_shardings(params, mesh, rules)
   cache_sh = cache_shardings(cache, mesh, rules)
   rows = batch_sharding(cache.t.shape[0], mesh, rules)
-  fn = jax.jit(functools.partial(step.chunk_step, cfg=cfg, policy=policy, output="last_logits",
+  fn = jax.jit(functools.partial(step.chunk_step, cfg=cfg, policy=policy, output=output,
                                  mesh=mesh, rules=rules),
-               in_shardings=(params_sh, cache_sh, rows, rows),
+               in_shardings=(params_sh, cache_sh, rows, rows) + (
+                   (rows,) if output == "target_logprobs" else ()),
                out_shardings=(replicated(mesh), cache_sh), donate_argnums=(1,))
   return ShardedChunkStep(fn, params_sh, cache_sh)

@@ -77,6 +77,8 @@ class TrainConfig:
     dtype: storage dtype of the frozen parameters. Trainable ones are kept in float32.
     compute_dtype: dtype of the forward and backward passes.
     remat: recompute each layer's activations in the backward pass (less memory).
+    attention_impl: the model's attention ("auto": Pallas kernels on TPU/GPU, XLA on CPU;
+      "xla", "tpu" or "gpu"); on a mesh the kernels run per device block (shard_map).
     seed: seeds the model's random init, the method's init, the data and the step RNG.
     steps: optimiser steps in the whole run (a resumed run continues up to it).
     seq_len: tokens per training sequence.
@@ -107,6 +109,7 @@ class TrainConfig:
   dtype: Literal["float32", "bfloat16"] = "float32"
   compute_dtype: Literal["float32", "bfloat16"] = "float32"
   remat: bool = False
+  attention_impl: Literal["auto", "xla", "tpu", "gpu"] = "auto"
   seed: int = 0
   steps: int = 1000
   seq_len: int = 256

@@ -29,7 +29,9 @@ from memjax.memory import decoder, usage
 from memjax.memory.optim import with_value_group
 from memjax.models import llama
 from memjax.models.config import ModelConfig
+from memjax import sharding
 from memjax.retention import add_gates, init_gate_params, trimkv_loss
+from memjax.retention.losses import target_ce
 from memjax.train.config import TrainConfig
 from memjax.train.partition import Params, leaf_paths, merge
 
@@ -80,12 +82,13 @@ def next_token_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
   Metrics: "accuracy", the share of positions whose most likely token is the next one.
   """
   compute_cfg = dataclasses.replace(model_cfg, dtype=cfg.compute_dtype)
+  on_mesh = kernel_mesh(cfg)
 
   def loss_fn(trainable: Params, frozen: Params, batch: Batch, rng: jax.Array):
     del rng  # deterministic
     params = llama.cast_params(merge(trainable, frozen), compute_cfg)
     tokens = batch["tokens"]
-    logits = llama.forward(params, tokens[:, :-1], compute_cfg, cfg.remat)
+    logits = llama.forward(params, tokens[:, :-1], compute_cfg, cfg.remat, **on_mesh)
     return next_token_ce(logits, tokens)
 
   return loss_fn
@@ -94,10 +97,15 @@ def next_token_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
 def next_token_ce(logits_BxTxV: jax.Array, tokens_BxT1: jax.Array):
   """Mean cross-entropy of logits [B, T, V] against tokens[:, 1:] ([B, T+1] given), and
   {"accuracy": share of positions whose most likely token is the next one}."""
-  logp = jax.nn.log_softmax(logits_BxTxV, axis=-1)
-  target_logp = jnp.take_along_axis(logp, tokens_BxT1[:, 1:, None], axis=-1)[..., 0]
   accuracy = jnp.mean(jnp.argmax(logits_BxTxV, axis=-1) == tokens_BxT1[:, 1:])
-  return -jnp.mean(target_logp), {"accuracy": accuracy}
+  return target_ce(logits_BxTxV, tokens_BxT1[:, 1:]), {"accuracy": accuracy}
+
+
+def kernel_mesh(cfg: TrainConfig) -> dict:
+  """{"mesh", "rules"} of the run's mesh (cfg.mesh), for the model's attention: under the
+  trainer's sharded jit, Pallas attention must run per device block (shard_map); the XLA
+  path ignores them."""
+  return {"mesh": sharding.build_mesh(cfg.mesh), "rules": cfg.mesh.rules}
 
 
 def memory_model_config(model_cfg: ModelConfig, cfg: TrainConfig) -> ModelConfig:
@@ -125,14 +133,16 @@ def memory_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
   of this micro-batch: "mem{i}_used", "mem{i}_kl", "mem{i}_gini" (memjax.memory.usage).
   """
   compute_cfg = dataclasses.replace(memory_model_config(model_cfg, cfg), dtype=cfg.compute_dtype)
+  on_mesh = kernel_mesh(cfg)
 
   def loss_fn(trainable: Params, frozen: Params, batch: Batch, rng: jax.Array):
     del rng  # deterministic
     params = llama.cast_params(merge(trainable, frozen), compute_cfg)
     tokens = batch["tokens"]
     if compute_cfg.memory is None:
-      return next_token_ce(llama.forward(params, tokens[:, :-1], compute_cfg, cfg.remat), tokens)
-    logits, lookups = decoder.forward(params, tokens[:, :-1], compute_cfg, cfg.remat)
+      return next_token_ce(
+          llama.forward(params, tokens[:, :-1], compute_cfg, cfg.remat, **on_mesh), tokens)
+    logits, lookups = decoder.forward(params, tokens[:, :-1], compute_cfg, cfg.remat, **on_mesh)
     loss, metrics = next_token_ce(logits, tokens)
     for i, lookup in enumerate(lookups):
       mass = usage.slot_mass(lookup.slots, lookup.weights, compute_cfg.memory.n_slots)
@@ -156,6 +166,7 @@ def trim_kv_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
   """
   compute_cfg = dataclasses.replace(model_cfg, dtype=cfg.compute_dtype)
   settings = cfg.method.trim_kv
+  on_mesh = kernel_mesh(cfg)
 
   def loss_fn(trainable: Params, frozen: Params, batch: Batch, rng: jax.Array):
     del rng  # deterministic
@@ -166,7 +177,7 @@ def trim_kv_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
         trainable["layers"]["gate"], llama.cast_params(frozen, compute_cfg), batch["tokens"],
         compute_cfg, memory_M=settings.memory_M,
         weights=(settings.ce_weight, settings.kl_weight, settings.capacity_weight),
-        impl=settings.attention, block=settings.block, remat=cfg.remat)
+        impl=settings.attention, block=settings.block, remat=cfg.remat, **on_mesh)
 
   return loss_fn
 

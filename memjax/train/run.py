@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import NamedTuple
 
@@ -27,7 +28,7 @@ _init_params = jax.jit(llama.init_params, static_argnums=0)
 def tiny_model_config(cfg: TrainConfig) -> ModelConfig:
   """Shapes of the "tiny" test model: 2 layers over UTF-8 bytes, storage dtype cfg.dtype."""
   return tiny_config(vocab_size=ByteTokenizer.vocab_size, max_positions=max(cfg.seq_len, 256),
-                     dtype=cfg.dtype)
+                     dtype=cfg.dtype, attention_impl=cfg.attention_impl)
 
 
 def build_model(cfg: TrainConfig, key: jax.Array) -> tuple[ModelConfig, Params, TokenizerLike]:
@@ -46,6 +47,7 @@ def build_model(cfg: TrainConfig, key: jax.Array) -> tuple[ModelConfig, Params, 
   else:
     from memjax.io import load_checkpoint
     model_cfg, params, tokenizer = load_checkpoint(cfg.model, cfg.dtype)
+    model_cfg = dataclasses.replace(model_cfg, attention_impl=cfg.attention_impl)
     if tokenizer is None:
       raise ValueError(f"model {cfg.model!r} has no tokenizer.json; training needs one")
     params = llama.cast_params(params, model_cfg)
