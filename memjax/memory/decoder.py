@@ -77,7 +77,8 @@ def memory_block(p: Params, m: Params, values: jax.Array | None, x_BxTxD: jax.Ar
 
 def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig, remat: bool = False,
             bag: Bag | None = None, *, mesh: Mesh | None = None,
-            rules: Rules | None = None) -> tuple[jax.Array, list[Lookup]]:
+            rules: Rules | None = None,
+            mix: llama.Mixer | None = None) -> tuple[jax.Array, list[Lookup]]:
   """Causal LM forward with memory layers: float32 logits [B, T, V] and, per product-key
   memory block in layer order, the slots it read.
 
@@ -86,12 +87,13 @@ def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig, remat: bool
       (`pkm_layer.local_bag`), or the shard_map'd one of `memjax.memory.sharded`.
     mesh, rules: under a `jit` sharded on `mesh`, Pallas attention runs per device block
       (`llama.full_causal_mixer`).
+    mix: the attention of every block instead (e.g. `llama.sliding_window_mixer`).
   """
   mem = cfg.memory
   bag = bag or pkm_layer.local_bag(mem)
   b, t = tokens_BxT.shape
   positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  mix = llama.full_causal_mixer(cfg, mesh, rules)
+  mix = mix or llama.full_causal_mixer(cfg, mesh, rules)
   layer = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
   run_memory = jax.checkpoint(memory_block, static_argnums=(5, 6, 7)) if remat else memory_block
   x = llama.embed(params, tokens_BxT, cfg)

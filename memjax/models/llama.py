@@ -162,19 +162,38 @@ def full_causal_mixer(cfg: ModelConfig, mesh: Mesh | None = None,
   return mix
 
 
+def sliding_window_mixer(window: int) -> Mixer:
+  """Causal attention over the last `window` positions of each query (itself included),
+  on the XLA reference path: a query at position i sees keys at i - window < j <= i."""
+  if window < 1:
+    raise ValueError(f"the attention window must be >= 1, got {window}")
+
+  def mix(p, h, q, k, v, positions_BxT, state):
+    k = einops.rearrange(k, "b t h d -> b h t d")
+    v = einops.rearrange(v, "b t h d -> b h t d")
+    gap_BxTxT = positions_BxT[:, :, None] - positions_BxT[:, None, :]
+    out, _ = reference.attend(q, k, v, ((gap_BxTxT >= 0) & (gap_BxTxT < window))[:, None])
+    return out, state
+
+  return mix
+
+
 def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig, remat: bool = False, *,
-            mesh: Mesh | None = None, rules: Rules | None = None) -> jax.Array:
-  """Full causal attention over the whole sequence: float32 logits [B, T, V].
+            mesh: Mesh | None = None, rules: Rules | None = None,
+            mix: Mixer | None = None) -> jax.Array:
+  """Causal attention over the whole sequence: float32 logits [B, T, V].
 
   Under a `jit` sharded on `mesh` (logical axis `rules`, default
   `memjax.sharding.DEFAULT_RULES`), Pallas attention runs per device block; the XLA path
-  ignores both (GSPMD partitions it).
+  ignores both (GSPMD partitions it). `mix` replaces the attention of every block
+  (default: full causal, `full_causal_mixer`), e.g. `sliding_window_mixer(w)`.
   """
+  mix = mix or full_causal_mixer(cfg, mesh, rules)
   if cfg.memory is not None:
     from memjax.memory import decoder  # builds on this module
-    return decoder.forward(params, tokens_BxT, cfg, remat, mesh=mesh, rules=rules)[0]
+    return decoder.forward(params, tokens_BxT, cfg, remat, mix=mix)[0]
   b, t = tokens_BxT.shape
   positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   x, _ = run_layers(params["layers"], embed(params, tokens_BxT, cfg), positions_BxT, None,
-                    full_causal_mixer(cfg, mesh, rules), cfg, remat)
+                    mix, cfg, remat)
   return unembed(params, x, cfg)

@@ -24,10 +24,13 @@ from memjax.retention.model import forward_gated
 from memjax.sharding.rules import Rules
 
 
-def target_ce(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
-  """Mean cross-entropy (nats) of targets [B, T] under logits [B, T, V] at the same place."""
+def target_ce(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
+              mask_BxT: jax.Array | None = None) -> jax.Array:
+  """Mean cross-entropy (nats) of targets [B, T] under logits [B, T, V] at the same place,
+  over the positions where `mask_BxT` is True (all by default)."""
   logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-  return -jnp.mean(jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1))
+  logp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  return -jnp.mean(logp_BxT, where=mask_BxT)
 
 
 def next_token_ce(logits_BxTxV: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
