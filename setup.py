@@ -31,8 +31,9 @@ setup(
     ],
     extras_require={
         # The reference oracle for parity tests only; the library never imports torch.
+        # nbclient, nbformat and ipykernel run the colab/ notebooks in tests/test_notebooks.py.
         "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "transformers>=5,<6",
-                 "accelerate>=1.0"],
+                 "accelerate>=1.0", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
         "notebooks": ["jupyter", "nbclient>=0.10", "ipykernel"],
         # Accelerator runtimes (the Pallas kernels have only run in interpret mode so far).
         "tpu": ["jax[tpu]>=0.10,<0.11"],

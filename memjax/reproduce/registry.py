@@ -71,9 +71,17 @@ def _script_step(script: str, args: list[str]) -> Step:
 
   def configs():
     import importlib.util
-    spec = importlib.util.spec_from_file_location(pathlib.Path(script).stem, script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import sys
+    name = f"memjax_experiment_{pathlib.Path(script).stem}"
+    if name not in sys.modules:  # registered first: dataclasses look their module up
+      spec = importlib.util.spec_from_file_location(name, script)
+      sys.modules[name] = importlib.util.module_from_spec(spec)
+      try:
+        spec.loader.exec_module(sys.modules[name])
+      except BaseException:
+        del sys.modules[name]
+        raise
+    module = sys.modules[name]
     return module.configs(args) if hasattr(module, "configs") else {}
 
   return Step((script, *args), configs)
