@@ -155,9 +155,9 @@ def plot(summary: list[dict], path: pathlib.Path) -> None:
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
   names = [s["ablation"] for s in ran]
   axes[0].bar(names, [s["retrieval_25"] for s in ran], color="C0")
-  axes[0].set(ylabel="retrieval @ 25% (%)", ylim=(0, 100))
+  axes[0].set(title="needle retrieval (%)", ylim=(0, 100))
   axes[1].bar(names, [s["perplexity_25"] or 0 for s in ran], color="C1")
-  axes[1].set(ylabel="held-out perplexity @ 25% (lower is better)")
+  axes[1].set(title="held-out perplexity (lower is better)")
   for ax in axes:
     ax.tick_params(axis="x", rotation=30)
   fig.suptitle("TRIM-KV objective ablations: learned policy at a 25% KV budget")
