@@ -131,3 +131,29 @@ def test_small_sweep_end_to_end_with_manifest_then_resumes(tmp_path, smollm2_pat
   assert "skipped_at" in again["steps"][0]
   assert (tmp_path / "sweep.rows.jsonl").read_text() == log_lines
   assert (tmp_path / "sweep.md").stat().st_mtime_ns == report_time
+
+
+def test_full_settings_match_the_committed_rows():
+  """`memjax reproduce` of the sweep, the uniform half of budget_schedule and the TRIM-KV
+  ablations computes rows with the fingerprint of the committed results, so it resumes them."""
+  from memjax.eval.config import EvalConfig
+  from memjax.eval.harness import fingerprint
+  logs = [ROOT / registry.RESULTS / f"{name}.rows.jsonl" for name in ("sweep", "trimkv_ablations")]
+  committed = {json.loads(line)["fingerprint"] for log in logs
+               for line in log.read_text().splitlines()}
+  assert len(committed) == 1
+  for name in ("sweep", "budget_schedule", "trimkv_ablations"):
+    for step in ABLATIONS[name].steps(ROOT / registry.RESULTS, False):
+      for label, cfg in step.configs().items():
+        if isinstance(cfg, EvalConfig) and label != "pyramid":
+          assert fingerprint(cfg) in committed, (name, label)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["budget_schedule", "trimkv_ablations", "memory_layers",
+                                  "assoc_recall"])
+def test_every_small_ablation_runs_end_to_end(name, tmp_path, smollm2_path):
+  record = reproduce(name, small=True, out=tmp_path, log=lambda _: None)
+  assert record["finished"] and record["outputs"]
+  assert all(step["status"] == "finished" for step in record["steps"])
+  assert json.loads(manifest_path(name, tmp_path).read_text())["outputs"] == record["outputs"]
