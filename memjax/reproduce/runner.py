@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def reproduce(name: str, small: bool = False, out: str | pathlib.Path | None = N
       "versions": manifest.versions(), "device": None, "seeds": {}, "configs": {},
       "steps": [], "outputs": []}
   for step in ablation.steps(out, small):
-    configs = {label: config_to_dict(cfg) for label, cfg in step.configs().items()}
+    configs = {label: config_to_dict(cfg) for label, cfg in _in_dir(root, step.configs).items()}
     record["configs"].update(configs)
     record["seeds"].update({label: cfg.get("seed") for label, cfg in configs.items()})
     key = hashlib.sha256(json.dumps([step.argv, configs], sort_keys=True, default=str)
@@ -98,6 +99,16 @@ def reproduce(name: str, small: bool = False, out: str | pathlib.Path | None = N
   record.update(device=manifest.device_info(), finished=manifest.now())
   manifest.write(path, record)
   return record
+
+
+def _in_dir(path: pathlib.Path, fn: Callable[[], Any]) -> Any:
+  """fn() with `path` as the working directory (steps name files relative to the clone)."""
+  before = os.getcwd()
+  os.chdir(path)
+  try:
+    return fn()
+  finally:
+    os.chdir(before)
 
 
 def _outputs(patterns: tuple[str, ...], out: pathlib.Path, name: str) -> list[str]:
