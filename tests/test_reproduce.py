@@ -36,15 +36,20 @@ def test_small_settings_write_apart_from_the_real_results(name):
       assert (ROOT / path).is_file(), path
 
 
-@pytest.mark.parametrize("name", ["sweep", "budget_schedule", "trimkv_ablations"])
+@pytest.mark.parametrize("name", ["sweep", "budget_schedule", "trimkv_ablations",
+                                  "memory_layers"])
 def test_manifests_get_the_resolved_configs(name):
   configs = {}
   for step in ABLATIONS[name].steps(SMALL_OUT, True):
     configs.update(step.configs())
   assert configs
   assert all(cfg.seed == 0 for cfg in configs.values())
-  if name != "trimkv_ablations":
+  if name in ("sweep", "budget_schedule"):
     assert all(cfg.output_dir == str(SMALL_OUT) for cfg in configs.values())
+  else:  # training runs
+    from memjax.train import TrainConfig
+    runs = [cfg.output_dir for cfg in configs.values() if isinstance(cfg, TrainConfig)]
+    assert runs and all(run.startswith(str(registry.SMALL_RUNS)) for run in runs)
   if name == "budget_schedule":
     assert {cfg.budget_schedule for cfg in configs.values()} == {"uniform", "pyramid"}
 
