@@ -82,7 +82,7 @@ def reproduce(name: str, small: bool = False, out: str | pathlib.Path | None = N
       record["steps"].append(dict(finished[key], skipped_at=manifest.now()))
       continue
     entry = {"argv": ["python", *step.argv], "key": key, "status": "running",
-             "started": manifest.now()}
+             "started": manifest.now(), "git_commit": record["git"]["commit"]}
     record["steps"].append(entry)
     manifest.write(path, record)
     log(f"[reproduce {name}] running: python {' '.join(step.argv)}")
@@ -92,9 +92,10 @@ def reproduce(name: str, small: bool = False, out: str | pathlib.Path | None = N
                  status="finished" if returncode == 0 else f"failed (exit code {returncode})")
     manifest.write(path, record)
     if returncode:
-      raise ReproduceError(f"step `python {' '.join(step.argv)}` of {name} failed with exit code "
-                         f"{returncode}; fix the cause and run the same command again: "
-                         "finished steps are skipped and the failed one resumes")
+      raise ReproduceError(
+          f"step `python {' '.join(step.argv)}` of {name} failed with exit code {returncode}; "
+          "fix the cause and run the same command again: finished steps are skipped and the "
+          "failed one resumes")
   record["outputs"] = _outputs(ablation.outputs, out, name)
   record.update(device=manifest.device_info(), finished=manifest.now())
   manifest.write(path, record)
