@@ -89,7 +89,7 @@ def model_config(name: str, task: MQARTask) -> tuple[ModelConfig, int | None]:
   if kind == "swa":
     return cfg, int(size)
   memory = MemoryConfig(kind="titans", layers=(1,), heads=4, titans_variant="mal",
-                        titans_hidden=int(size), titans_chunk=8)
+                        titans_hidden=int(size), titans_chunk=8, titans_lr_max=0.1)
   return dataclasses.replace(cfg, memory=memory), TITANS_WINDOW
 
 

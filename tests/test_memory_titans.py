@@ -81,3 +81,13 @@ def test_decode_with_state_equals_parallel(prefill):
     outs.append(y[:, None])
   assert int(state.pos) == T
   assert rel(jnp.concatenate(outs, axis=1), full) < 1e-5
+
+
+def test_default_memory_stays_finite_over_a_long_sequence_at_initialisation():
+  # Regression: with titans_lr_max=0.1 the memory weights blew up to -inf within 256 tokens.
+  mem = MemoryConfig(kind="titans", layers=(1,), heads=4, titans_hidden=64)
+  p = titans.init_params(mem, 128, jax.random.PRNGKey(0))
+  h = jax.random.normal(jax.random.PRNGKey(1), (2, 256, 128))
+  out, state = jax.jit(lambda p, h: titans.forward(p, h, mem))(p, h)
+  assert np.all(np.isfinite(out))
+  assert float(jnp.max(jnp.abs(state.weights["w2"]))) < 10 * float(jnp.max(jnp.abs(p["w2"])))

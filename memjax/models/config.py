@@ -42,7 +42,9 @@ class MemoryConfig:
       gates the attention output).
     titans_hidden: hidden width of each head's memory MLP.
     titans_chunk: tokens per chunk of the parallel form (gradients at chunk-start weights).
-    titans_lr_max: largest inner learning rate θ.
+    titans_lr_max: largest inner learning rate θ. At 0.1 the memory's weights blow up
+      (outputs -inf) within 256 tokens at initialisation (d_model 128, 4 heads, hidden 64);
+      at 0.01 they stay bounded. Long sequences need it small.
     window: if set, memory blocks attend over the last `window` positions only (the
       sliding-window branch of Titans); None = full causal attention.
   """
@@ -62,7 +64,7 @@ class MemoryConfig:
   titans_variant: Literal["mag", "mal"] = "mal"
   titans_hidden: int = 64
   titans_chunk: int = 16
-  titans_lr_max: float = 0.1
+  titans_lr_max: float = 0.01
   window: int | None = None
 
   def __post_init__(self):
