@@ -121,7 +121,9 @@ def write_report(rows: list[dict], out: pathlib.Path, small: bool) -> None:
     lines.append(f"| {r['name']} | {r['n_layers']} | {r['params']:,} | {r['params_per_token']:,} "
                  f"| {r['steps']} | {r['s_per_step']:.2f} | {r['val_ppl']:.3f} | {fmt('used')} "
                  f"| {fmt('kl')} | {fmt('gini')} |")
-  lines += ["", "Usage columns: first memory block, over the held-out windows.",
+  lines += ["", "Usage columns: first memory block, over the held-out windows. s/step is the "
+            "training run's own mean, on a CPU shared with other jobs; for a fair speed "
+            "comparison see memory_step_time.md (`python experiments/memory_step_time.py`).",
             "![curves](memory_curves.png) ![usage](memory_usage.png)", ""]
   (out / "memory_layers.md").write_text("\n".join(lines))
   fig, ax = plt.subplots(figsize=(6, 4))
