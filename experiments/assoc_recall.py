@@ -208,11 +208,16 @@ def setting_of(args: argparse.Namespace) -> Setting:
   return dataclasses.replace(setting, steps=args.steps) if args.steps else setting
 
 
+def runs_dir(args: argparse.Namespace) -> pathlib.Path:
+  """Where the models' training runs (checkpoints, metrics) go."""
+  return ROOT / "runs" / ("small" if args.small else "") / "assoc_recall"
+
+
 def configs(argv: list[str]) -> dict:
   """The task and the training config of every model (for `memjax reproduce` manifests)."""
   args = parse(argv)
   setting = setting_of(args)
-  runs = ROOT / "runs" / ("small" if args.small else "") / "assoc_recall"
+  runs = runs_dir(args)
   return {"task": setting.task,
           **{name: train_config(setting, name, runs) for name in model_names(setting)}}
 
@@ -222,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
   setting = setting_of(args)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  runs = ROOT / "runs" / ("small" if args.small else "") / "assoc_recall"
+  runs = runs_dir(args)
   rows_path = out / "assoc_recall.rows.jsonl"
   done = {}
   if rows_path.exists():

@@ -117,10 +117,10 @@ def device_mesh(cfg: EvalConfig) -> dict:
   return {"mesh": sharding.build_mesh(cfg.mesh), "rules": cfg.mesh.rules}
 
 
-def retrieval_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog,
+def retrieval_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog, on_mesh: dict,
                    progress: bool = True) -> list[dict[str, Any]]:
-  """Accuracy rows for every (context length, task, policy, budget) of the config."""
-  on_mesh = device_mesh(cfg)
+  """Accuracy rows for every (context length, task, policy, budget) of the config;
+  `on_mesh` from `device_mesh`."""
   rows = []
   settings = _settings(cfg)
   jobs = [(n, task) for n in cfg.context_tokens for task in cfg.tasks]
@@ -145,10 +145,10 @@ def retrieval_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog,
   return rows
 
 
-def perplexity_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog,
+def perplexity_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog, on_mesh: dict,
                     progress: bool = True) -> list[dict[str, Any]]:
-  """Held-out perplexity for every (policy, budget), budgets relative to the window length."""
-  on_mesh = device_mesh(cfg)
+  """Held-out perplexity for every (policy, budget), budgets relative to the window length;
+  `on_mesh` from `device_mesh`."""
   text = corpus.load_corpus("heldout", cfg.corpus or None)
   windows = corpus.heldout_windows(lm.tokenizer, cfg.ppl_windows, cfg.ppl_window_tokens,
                                    cfg.seed, text=text)
@@ -185,7 +185,8 @@ def evaluate(cfg: EvalConfig, lm: LanguageModel | None = None, progress: bool = 
   from memjax.lm import load
   log = RowLog(log_path, cfg)
   lm = lm or load(cfg.model, cfg.dtype, gates=cfg.gates)
-  rows = retrieval_rows(lm, cfg, log, progress)
+  on_mesh = device_mesh(cfg)
+  rows = retrieval_rows(lm, cfg, log, on_mesh, progress)
   if cfg.perplexity:
-    rows += perplexity_rows(lm, cfg, log, progress)
+    rows += perplexity_rows(lm, cfg, log, on_mesh, progress)
   return rows

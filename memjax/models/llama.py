@@ -139,11 +139,15 @@ def run_layers(layers: Params, x_BxTxD: jax.Array, positions_BxT: jax.Array, sta
   return jax.lax.scan(jax.checkpoint(step) if remat else step, x_BxTxD, (layers, states))
 
 
+def _attend_sequence(q, k_BxTxHkvxDh, v_BxTxHkvxDh, mask_BxHkvxTxT):
+  """The XLA reference attention of a whole sequence over itself under `mask`."""
+  k = einops.rearrange(k_BxTxHkvxDh, "b t h d -> b h t d")
+  v = einops.rearrange(v_BxTxHkvxDh, "b t h d -> b h t d")
+  return reference.attend(q, k, v, mask_BxHkvxTxT)[0]
+
+
 def _full_causal_mix(p, h, q, k, v, positions_BxT, state):
-  k = einops.rearrange(k, "b t h d -> b h t d")
-  v = einops.rearrange(v, "b t h d -> b h t d")
-  out, _ = reference.attend(q, k, v, reference.causal_mask(positions_BxT))
-  return out, state
+  return _attend_sequence(q, k, v, reference.causal_mask(positions_BxT)), state
 
 
 def full_causal_mixer(cfg: ModelConfig, mesh: Mesh | None = None,
@@ -169,11 +173,8 @@ def sliding_window_mixer(window: int) -> Mixer:
     raise ValueError(f"the attention window must be >= 1, got {window}")
 
   def mix(p, h, q, k, v, positions_BxT, state):
-    k = einops.rearrange(k, "b t h d -> b h t d")
-    v = einops.rearrange(v, "b t h d -> b h t d")
     gap_BxTxT = positions_BxT[:, :, None] - positions_BxT[:, None, :]
-    out, _ = reference.attend(q, k, v, ((gap_BxTxT >= 0) & (gap_BxTxT < window))[:, None])
-    return out, state
+    return _attend_sequence(q, k, v, ((gap_BxTxT >= 0) & (gap_BxTxT < window))[:, None]), state
 
   return mix
 
