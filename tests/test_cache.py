@@ -157,3 +157,41 @@ def test_ragged_batch_rows_match_single_rows():
   batched = generate.generate_ids(params, cfg, rows, questions=questions, **kw)
   for b in range(2):
     assert batched[b] == generate.generate_ids(params, cfg, [rows[b]], questions=[questions[b]], **kw)[0]
+
+
+def test_oracle_keeps_marked_tokens_and_the_most_recent():
+  """The oracle (without sinks) equals a full forward where each query sees its own chunk,
+  the marked tokens and, of the rest, the latest that fit the budget beside them."""
+  cfg, params = tiny_model()
+  toks = tokens(3, b=1, t=40)
+  marked = [5, 6, 7, 20]
+  marks = np.isin(np.arange(40), marked).astype(np.int32)[None]
+  budget = 12
+  cache = kv_cache.init_cache([budget] * cfg.n_layers, 1, cfg.n_kv_heads, cfg.head_dim)
+  fn = step.jitted_chunk_step(cfg, get_policy("oracle", n_sink=0), "target_logprobs")
+  targets = np.concatenate([toks[:, 1:], np.zeros((1, 1), np.int32)], axis=1)
+  pieces = []
+  for start in range(0, 40, CHUNK):
+    piece = slice(start, start + CHUNK)
+    logprobs, cache = fn(params, cache, toks[:, piece], np.ones((1, CHUNK), bool),
+                         targets[:, piece], marks[:, piece])
+    pieces.append(np.asarray(logprobs))
+  got = np.concatenate(pieces, axis=1)[:, :-1]
+
+  def kept_before(start):
+    """The oracle's cache before the chunk at `start`: marks, then the latest unmarked."""
+    seen_marks = [m for m in marked if m < start]
+    unmarked = [j for j in range(start) if j not in marked]
+    room = max(budget - len(seen_marks), 0)
+    return set(seen_marks) | set(unmarked[max(len(unmarked) - room, 0):])
+
+  def visible(i, j):
+    kept = {start: kept_before(start) for start in range(0, 40, CHUNK)}
+    chunk_start = (i // CHUNK) * CHUNK
+    in_cache = np.vectorize(lambda s, k: k in kept[s])(chunk_start, j)
+    return (j >= chunk_start) | in_cache
+
+  np.testing.assert_allclose(got, masked_logprobs(params, cfg, toks, visible), atol=2e-5)
+  assert set(marked) <= set(np.asarray(cache.groups[0].pos).ravel().tolist())
+  with pytest.raises(ValueError, match="marks"):
+    generate.generate_ids(params, cfg, [[1, 2, 3]], policy="oracle", budget=8)

@@ -67,7 +67,14 @@ def np_score(name, x, policy):
           out[b, h, n] = -np.dot(k[b, h, n] / np.linalg.norm(k[b, h, n]), mean_dir)
         elif name == "knorm":
           out[b, h, n] = -np.sqrt(np.sum(k[b, h, n].astype(np.float64) ** 2))
+        elif name == "oracle":
+          out[b, h, n] = np.inf if stats[b, h, n] > 0 or 0 <= p < policy.n_sink else p
   return out
+
+
+def with_marks(x):
+  """x with 0/1 marks as statistics (what the oracle's fresh tokens carry): ~1 in 5 set."""
+  return dict(x, stats=(x["stats"] > 1.6).astype(np.float32))
 
 
 def np_observe(name, x, policy):
@@ -91,13 +98,14 @@ def np_observe(name, x, policy):
   return out
 
 
-SCORED = ["full", "window", "streaming", "h2o", "tova", "snapkv", "keydiff", "knorm"]
+SCORED = ["full", "window", "streaming", "h2o", "tova", "snapkv", "keydiff", "knorm", "oracle"]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("name", SCORED)
 def test_score_matches_numpy(name, seed):
   x = random_inputs(seed)
+  x = with_marks(x) if name == "oracle" else x
   policy = get_policy(name, **({"window": 3} if name == "snapkv" else {}))
   got = np.asarray(policy.score(candidates(x)))
   want = np_score(name, x, policy)
@@ -133,6 +141,7 @@ def test_random_scores_are_uniform_fixed_and_vary_by_layer_and_head():
 def test_evict_keeps_exactly_the_top_scores(name):
   """The kvpress-style matrix: after eviction the kept slots are the top-S by the policy's score."""
   x = random_inputs(5)
+  x = with_marks(x) if get_policy(name).uses_marks else x
   policy = get_policy(name, **({"window": 3} if name == "snapkv" else {}))
   cands = kv_cache.LayerCache(k=jnp.asarray(x["k"]), v=jnp.asarray(x["k"]) * 2,
                               pos=jnp.asarray(x["pos"]), stats=jnp.asarray(x["stats"]))

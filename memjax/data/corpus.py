@@ -10,11 +10,15 @@ import numpy as np
 CORPUS_DIR = pathlib.Path(__file__).parent / "corpus"
 
 # Each split is a different work, so perplexity is never measured on haystack text and
-# training never sees either of them.
+# training never sees either of them. The "*_technical" splits are a second kind of text
+# (the Python language reference, cut by topic: disjoint halves), for training on more
+# than one domain and for evaluating on a domain unlike the novels.
 SPLIT_FILES = {
     "haystack": "persuasion.txt",
     "heldout": "northanger_abbey.txt",
     "train": "emma.txt",
+    "haystack_technical": "python_reference_haystack.txt",
+    "train_technical": "python_reference_train.txt",
 }
 
 
@@ -28,11 +32,13 @@ class TokenizerLike(Protocol):
     """Text of `ids`."""
 
 
-def load_corpus(split: str = "haystack", paths: Sequence[str] | None = None) -> str:
+def load_corpus(split: str | Sequence[str] = "haystack",
+                paths: Sequence[str] | None = None) -> str:
   """Prose for evaluation contexts ("haystack"), perplexity ("heldout") or training ("train").
 
   Args:
-    split: which shipped work to read; ignored when `paths` is given.
+    split: which shipped text to read (a name of SPLIT_FILES), or several names, whose
+      texts are joined with a blank line; ignored when `paths` is given.
     paths: local UTF-8 text files to use instead of the shipped corpus. They are
       concatenated with a blank line between them, and the same text then serves
       every split.
@@ -44,9 +50,12 @@ def load_corpus(split: str = "haystack", paths: Sequence[str] | None = None) -> 
     ValueError: unknown split, empty file, or a file that is not UTF-8.
     FileNotFoundError: a path that does not exist.
   """
-  if split not in SPLIT_FILES:
-    raise ValueError(f"unknown corpus split {split!r}; use one of {sorted(SPLIT_FILES)}")
-  files = [CORPUS_DIR / SPLIT_FILES[split]] if not paths else [pathlib.Path(p) for p in paths]
+  splits = [split] if isinstance(split, str) else list(split)
+  unknown = [s for s in splits if s not in SPLIT_FILES]
+  if unknown or not splits:
+    raise ValueError(f"unknown corpus split {unknown or splits!r}; use one of {sorted(SPLIT_FILES)}")
+  files = ([CORPUS_DIR / SPLIT_FILES[s] for s in splits] if not paths
+           else [pathlib.Path(p) for p in paths])
   texts = [_read_text(f) for f in files]
   return "\n\n".join(texts)
 

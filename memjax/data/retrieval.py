@@ -57,6 +57,7 @@ class RetrievalCase:
     depth: requested relative position (0..1) of the needle asked about (the first
       needle for "multivalue"); the realised position is the nearest sentence boundary.
     context_tokens: length of `context` in tokens, measured with the case's tokenizer.
+    needles: the needle sentences as inserted in `context` (for the `oracle` policy).
   """
 
   context: str
@@ -65,6 +66,7 @@ class RetrievalCase:
   kind: str
   depth: float
   context_tokens: int
+  needles: tuple[str, ...] = ()
 
 
 def make_cases(kind: str, n: int, context_tokens: int, depths: Sequence[float],
@@ -153,7 +155,25 @@ def _make_case(kind: str, context_tokens: int, depth: float, tokenizer: Tokenize
                      chars_per_token)
   context = _insert_needles(prose, needles, needle_depths, needle_tokens, tokenizer)
   return RetrievalCase(context=context, question=question, answers=answers, kind=kind,
-                       depth=depth, context_tokens=len(tokenizer.encode(context)))
+                       depth=depth, context_tokens=len(tokenizer.encode(context)),
+                       needles=tuple(needles))
+
+
+def needle_marks(case: RetrievalCase, tokenizer: TokenizerLike, margin: int = 1) -> list[int]:
+  """0/1 per token of `tokenizer.encode(case.context)`: 1 on the tokens of every needle
+  sentence, widened by `margin` tokens on each side (token boundaries around an inserted
+  sentence can merge with its neighbours)."""
+  n = len(tokenizer.encode(case.context))
+  marks = [0] * n
+  for needle in case.needles:
+    start = case.context.find(needle)
+    if start < 0:
+      raise ValueError(f"needle {needle!r} is not in the case's context")
+    first = len(tokenizer.encode(case.context[:start]))
+    last = len(tokenizer.encode(case.context[:start + len(needle)]))
+    for i in range(max(first - margin, 0), min(last + margin, n)):
+      marks[i] = 1
+  return marks
 
 
 def _chars_per_token(text: str, tokenizer: TokenizerLike) -> float:

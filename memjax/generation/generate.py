@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from memjax import checks
 from memjax.cache import budgets as budgets_lib
 from memjax.cache import kv_cache
 from memjax.cache.policies import Policy, get_policy
@@ -52,8 +53,11 @@ def resolve_budgets(cfg: ModelConfig, policy: Policy, budget: int | None, total_
 
   `full` ignores `budget` and holds everything (rounded up to a multiple of 256 tokens so
   that similar lengths share a compilation); it refuses sequences longer than the model's
-  maximum positions. Other policies need a budget larger than their protected slots.
+  maximum positions. Other policies need an int budget larger than their protected slots;
+  no layer gets more than `total_tokens` slots (all the sequence can ever hold), so a
+  budget beyond the sequence costs no more than `full`.
   """
+  budget = checks.optional_integer("budget", budget, 1, "mean KV slots per layer")
   if policy.name == "full":
     if total_tokens > cfg.max_positions:
       raise ValueError(
@@ -64,7 +68,7 @@ def resolve_budgets(cfg: ModelConfig, policy: Policy, budget: int | None, total_
     return [min(capacity, cfg.max_positions)] * cfg.n_layers
   if budget is None:
     raise ValueError(f"policy {policy.name!r} needs a budget (KV slots per layer), e.g. budget=256")
-  per_layer = budgets_lib.layer_budgets(int(budget), cfg.n_layers, schedule)
+  per_layer = budgets_lib.layer_budgets(budget, cfg.n_layers, schedule)
   smallest = min(per_layer)
   protected = policy.protected_slots(smallest)
   if protected >= smallest:
@@ -72,14 +76,22 @@ def resolve_budgets(cfg: ModelConfig, policy: Policy, budget: int | None, total_
         f"budget too small: policy {policy.name!r} protects {protected} slots but a layer gets "
         f"only {smallest} (budget={budget}, schedule={schedule!r}); use a budget of at least "
         f"{protected + 1} slots per layer in every layer, or shrink the policy's protected window")
-  return per_layer
+  return [min(slots, total_tokens) for slots in per_layer]
 
 
-def _first_logits(chunk_fn, params, cache, rows, chunk_len):
-  """Feed rows through in chunks; return each row's logits after its last token, and the cache."""
+def _first_logits(chunk_fn, params, cache, rows, chunk_len, marks=None):
+  """Feed rows through in chunks; return each row's logits after its last token, and the cache.
+
+  `marks` (rows of 0/1 flags like `rows`, or all zeros when None) go with the tokens,
+  chunk by chunk, for a policy that reads them (`uses_marks`).
+  """
   last_logits = None
+  reads_marks = marks is not None
+  mark_chunks = chunks(marks if reads_marks else rows, chunk_len)
   for tokens, valid in chunks(rows, chunk_len):
-    logits, cache = chunk_fn(params, cache, tokens, valid)
+    marks_BxC = next(mark_chunks)[0]
+    logits, cache = (chunk_fn(params, cache, tokens, valid, None, marks_BxC) if reads_marks
+                     else chunk_fn(params, cache, tokens, valid))
     logits = np.asarray(logits)
     has_tokens = valid.any(axis=1)[:, None]
     last_logits = logits if last_logits is None else np.where(has_tokens, logits, last_logits)
@@ -102,7 +114,8 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
                  questions: Sequence[Sequence[int]] | None = None, max_new_tokens: int = 32,
                  prefill_chunk: int = 512, temperature: float = 0.0, seed: int = 0,
                  eos_id: int | None = None, progress: bool = False, mesh: Mesh | None = None,
-                 rules: Rules | None = None) -> list[list[int]]:
+                 rules: Rules | None = None,
+                 marks: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
   """Generate continuations for a batch of prompts under a KV budget.
 
   Args:
@@ -116,15 +129,31 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
     mesh: run prefill and decode on this mesh (one process): the cache split over batch
       rows and KV heads, params by their logical axes (`memjax.sharding`).
     rules: logical axis rules for `mesh`; default `memjax.sharding.DEFAULT_RULES`.
+    marks: for the `oracle` policy (the only one that reads them): B rows of 0/1 flags, one
+      per prompt token; marked tokens are kept whatever the budget. Question and generated
+      tokens are unmarked. One device only.
 
   Returns:
     B lists of generated ids (without the prompt; the EOS token is not included).
   """
+  prompts = checks.token_rows(prompts, cfg.vocab_size, "prompt")
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("every prompt needs at least one token")
-  if questions is not None and len(questions) != len(prompts):
-    raise ValueError(f"{len(questions)} questions for {len(prompts)} prompts")
+  if questions is not None:
+    questions = checks.token_rows(questions, cfg.vocab_size, "question")
+    if len(questions) != len(prompts):
+      raise ValueError(f"give one question per prompt (an empty one where there is none): "
+                       f"got {len(questions)} question(s) for {len(prompts)} prompt(s)")
+  max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, 1, "tokens to generate")
+  prefill_chunk = checks.integer("prefill_chunk", prefill_chunk, 1, "tokens per prefill chunk")
+  temperature = checks.non_negative("temperature", temperature, "0 for greedy decoding")
+  seed = checks.integer("seed", seed, 0)
+  eos_id = checks.optional_integer("eos_id", eos_id, 0)
   policy = get_policy(policy)
+  if marks is not None and [len(m) for m in marks] != [len(p) for p in prompts]:
+    raise ValueError("marks need one row per prompt with one flag per prompt token")
+  if marks is not None and mesh is not None:
+    raise ValueError("marks (the oracle policy) run on one device; leave mesh unset")
   batch = len(prompts)
   longest_question = max((len(q) for q in questions), default=0) if questions else 0
   total = max(len(p) for p in prompts) + longest_question + max_new_tokens
@@ -133,9 +162,14 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
   chunk_fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "last_logits", mesh,
                                               rules)
 
-  logits, cache = _first_logits(chunk_fn, params, cache, prompts, prefill_chunk)
+  if policy.uses_marks and marks is None:
+    raise ValueError(f"policy {policy.name!r} needs marks= (0/1 per prompt token)")
+  unmarked = lambda rows: [[0] * len(r) for r in rows] if policy.uses_marks else None
+  logits, cache = _first_logits(chunk_fn, params, cache, prompts, prefill_chunk,
+                                marks if policy.uses_marks else None)
   if questions is not None and longest_question:
-    q_logits, cache = _first_logits(chunk_fn, params, cache, questions, bucket(longest_question))
+    q_logits, cache = _first_logits(chunk_fn, params, cache, questions, bucket(longest_question),
+                                    unmarked(questions))
     has_question = np.array([len(q) > 0 for q in questions])[:, None]
     logits = np.where(has_question, q_logits, logits)
 
@@ -151,6 +185,7 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
         out[b].append(int(token_B[b]))
     if done.all() or i == max_new_tokens - 1:
       break
-    logits, cache = chunk_fn(params, cache, token_B[:, None], ~done[:, None])
+    step_marks = (None, np.zeros((batch, 1), np.int32)) if policy.uses_marks else ()
+    logits, cache = chunk_fn(params, cache, token_B[:, None], ~done[:, None], *step_marks)
     logits = np.asarray(logits)
   return out

@@ -41,7 +41,7 @@ def _attend_slots(q, cache: LayerCache, positions_BxC, attend: Attend, with_prob
 
 
 def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
-                 attend: Attend):
+                 attend: Attend, marks_BxC: jax.Array | None = None):
   """A `llama.Mixer` that attends over cache ∪ chunk and then evicts down to the budget
   (or, for a policy that never evicts, appends the chunk in place and attends over that)."""
 
@@ -60,6 +60,12 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
     if policy.uses_retention_gate:
       log_beta_BxCxHkv = gate.log_beta(gate.layer_gate(p, f"policy {policy.name!r}"), h)
       fresh_stats_BxHkvxC = einops.rearrange(log_beta_BxCxHkv, "b c h -> b h c")
+    if policy.uses_marks:
+      if marks_BxC is None:
+        raise ValueError(f"policy {policy.name!r} reads per-token marks; pass marks= to "
+                         "generate_ids (one row of 0/1 flags per prompt token)")
+      fresh_stats_BxHkvxC = jnp.broadcast_to(marks_BxC.astype(jnp.float32)[:, None, :],
+                                             (k.shape[0], n_kv, k.shape[1]))
     cands = kv_cache.candidates_of(cache, einops.rearrange(k, "b c h d -> b h c d"),
                                    einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                    fresh_stats_BxHkvxC)
@@ -73,13 +79,15 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
 
 def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array,
                   valid_BxC: jax.Array, cfg: ModelConfig, policy: Policy, *,
-                  mesh: Mesh | None = None,
-                  rules: Rules | None = None) -> tuple[jax.Array, ModelCache]:
+                  mesh: Mesh | None = None, rules: Rules | None = None,
+                  marks_BxC: jax.Array | None = None) -> tuple[jax.Array, ModelCache]:
   """Run a chunk through every layer, updating the cache.
 
   Args:
     tokens_BxC: int32 token ids; padded entries may hold any id.
     valid_BxC: bool, True for real tokens; each row's real tokens come first.
+    marks_BxC: float32 per-token flags that a policy with `uses_marks` (the `oracle`)
+      reads as the fresh tokens' statistics; ignored by every other policy.
     mesh, rules: under a `jit` sharded on `mesh` (logical axis `rules`), Pallas attention
       runs per device block of batch rows and KV heads (`memjax.sharding.kernels`).
 
@@ -92,7 +100,7 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
   t_end_B = cache.t + jnp.sum(valid_BxC, axis=1, dtype=jnp.int32)
   attend = functools.partial(mesh_kernels.decode_attention, backend=cfg.attention_impl,
                              mesh=mesh, rules=rules)
-  mix = _cache_mixer(policy, valid_BxC, t_end_B, attend)
+  mix = _cache_mixer(policy, valid_BxC, t_end_B, attend, marks_BxC)
   x = llama.embed(params, tokens_BxC, cfg)
   groups, start = [], 0
   for group in cache.groups:
@@ -105,16 +113,16 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
   return x, ModelCache(tuple(groups), t_end_B)
 
 
-def chunk_step(params, cache, tokens_BxC, valid_BxC, targets_BxC=None, *, cfg: ModelConfig,
-               policy: Policy, output: Output, mesh: Mesh | None = None,
+def chunk_step(params, cache, tokens_BxC, valid_BxC, targets_BxC=None, marks_BxC=None, *,
+               cfg: ModelConfig, policy: Policy, output: Output, mesh: Mesh | None = None,
                rules: Rules | None = None):
-  """`forward_chunk` plus an output head (`mesh`, `rules` as there).
+  """`forward_chunk` plus an output head (`mesh`, `rules`, `marks_BxC` as there).
 
   output="last_logits": float32 logits [B, V] at each row's last real token.
   output="target_logprobs": float32 log p(targets) [B, C] at every position.
   """
   hidden_BxCxD, cache = forward_chunk(params, cache, tokens_BxC, valid_BxC, cfg, policy,
-                                      mesh=mesh, rules=rules)
+                                      mesh=mesh, rules=rules, marks_BxC=marks_BxC)
   if output == "last_logits":
     last_B = jnp.maximum(jnp.sum(valid_BxC, axis=1) - 1, 0)
     hidden_Bx1xD = jnp.take_along_axis(hidden_BxCxD, last_B[:, None, None], axis=1)

@@ -58,8 +58,21 @@ def capacity_sums(log_beta_xTxHkv: jax.Array, block: int = 128) -> jax.Array:
   return sums[:, :t].reshape(*lead, t, n_kv)
 
 
-def capacity_loss(log_beta_xTxHkv: jax.Array, memory_M: int, block: int = 128) -> jax.Array:
-  """float32 scalar: mean of max(0, S_t − M) / max(t − M, 1) over the entries where S_t > M.
+def budget_at(t: int, memory_M: int, memory_ratio: float = 0.0) -> jax.Array:
+  """float32 [t]: the budget M_t at steps 0..t-1: memory_M, or max(memory_M, memory_ratio ·
+  (t + 1)) when memory_ratio > 0 (a kept fraction, as the evaluation's budgets are, with
+  memory_M as its floor: a gate cannot see t, and a pure fraction would demand the decay
+  of t ≈ 10 everywhere)."""
+  fixed = jnp.full((t,), float(memory_M), jnp.float32)
+  if memory_ratio > 0:
+    return jnp.maximum(fixed, memory_ratio * (jnp.arange(t, dtype=jnp.float32) + 1.0))
+  return fixed
+
+
+def capacity_loss(log_beta_xTxHkv: jax.Array, memory_M: int, block: int = 128,
+                  memory_ratio: float = 0.0) -> jax.Array:
+  """float32 scalar: mean of max(0, S_t − M_t) / max(t − M_t, 1) over the entries where
+  S_t > M_t; M_t is `budget_at(t, memory_M, memory_ratio)` (fixed M by default).
 
   The normalisation follows REFERENCES.md (TRIM-KV): each excess is divided by how far t
   is past the budget, max(t − M, 1), and the mean runs over the (leading axes, t, head)
@@ -68,7 +81,9 @@ def capacity_loss(log_beta_xTxHkv: jax.Array, memory_M: int, block: int = 128) -
   never exceed the budget.)
   """
   sums_xTxHkv = capacity_sums(log_beta_xTxHkv, block)
-  t_Tx1 = jnp.arange(sums_xTxHkv.shape[-2], dtype=jnp.float32)[:, None]
-  excess = jnp.maximum(sums_xTxHkv - memory_M, 0.0) / jnp.maximum(t_Tx1 - memory_M, 1.0)
-  n_active = jnp.sum(sums_xTxHkv > memory_M)
+  t = sums_xTxHkv.shape[-2]
+  t_Tx1 = jnp.arange(t, dtype=jnp.float32)[:, None]
+  m_Tx1 = budget_at(t, memory_M, memory_ratio)[:, None]
+  excess = jnp.maximum(sums_xTxHkv - m_Tx1, 0.0) / jnp.maximum(t_Tx1 - m_Tx1, 1.0)
+  n_active = jnp.sum(sums_xTxHkv > m_Tx1)
   return jnp.sum(excess) / jnp.maximum(n_active, 1)

@@ -1,9 +1,12 @@
 """The TRIM-KV objective: distil the frozen model into its gated self under a memory budget.
 
-    loss = (w_ce · CE + w_kl · KL) / (w_ce + w_kl) + w_cap · capacity
+    loss = D(all tokens) + w_ans · D(answer tokens) + w_cap · capacity
+    D = (w_ce · CE + w_kl · KL) / (w_ce + w_kl)
 
 CE is the student's next-token cross-entropy, KL the forward KL(teacher ‖ student) per
-token, capacity the hinge on S_t above the budget M (`capacity.capacity_loss`). With the
+token, capacity the hinge on S_t above the budget M (`capacity.capacity_loss`). D(answer
+tokens) averages over the answer spans of synthetic rows only (the tokens that need a fact
+from far back); with w_ans = 0 (the default) the loss is the paper's. With the
 default weights (1, 1, 1) this is the paper's mean(CE, KL) + λ·capacity with λ = 1;
 ablations zero a weight (e.g. (1, 0, 1) is CE + capacity). The teacher is the same
 frozen model without gates. Only the gates train: they are the first, differentiated
@@ -33,16 +36,28 @@ def target_ce(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   return -jnp.mean(logp_BxT, where=mask_BxT)
 
 
-def next_token_ce(logits_BxTxV: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
-  """Mean cross-entropy (nats) of predicting token t + 1 from logits at t."""
-  return target_ce(logits_BxTxV[:, :-1], tokens_BxT[:, 1:])
+def token_kl(teacher_logits_BxTxV: jax.Array, student_logits_BxTxV: jax.Array) -> jax.Array:
+  """float32 [B, T]: KL(teacher ‖ student) = Σ_v p_T (log p_T − log p_S) per token, in nats."""
+  teacher_logp = jax.nn.log_softmax(teacher_logits_BxTxV.astype(jnp.float32), axis=-1)
+  student_logp = jax.nn.log_softmax(student_logits_BxTxV.astype(jnp.float32), axis=-1)
+  return jnp.sum(jnp.exp(teacher_logp) * (teacher_logp - student_logp), axis=-1)
 
 
 def forward_kl(teacher_logits_BxTxV: jax.Array, student_logits_BxTxV: jax.Array) -> jax.Array:
-  """Mean over tokens of KL(teacher ‖ student) = Σ_v p_T (log p_T − log p_S), in nats."""
-  teacher_logp = jax.nn.log_softmax(teacher_logits_BxTxV.astype(jnp.float32), axis=-1)
-  student_logp = jax.nn.log_softmax(student_logits_BxTxV.astype(jnp.float32), axis=-1)
-  return jnp.mean(jnp.sum(jnp.exp(teacher_logp) * (teacher_logp - student_logp), axis=-1))
+  """Mean over tokens of KL(teacher ‖ student), in nats."""
+  return jnp.mean(token_kl(teacher_logits_BxTxV, student_logits_BxTxV))
+
+
+def token_ce(logits_BxTxV: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
+  """float32 [B, T − 1]: cross-entropy (nats) of token t + 1 under the logits at t."""
+  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(logp_BxTxV, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of x where mask is True; 0 where the mask is empty (no NaN)."""
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
@@ -50,7 +65,9 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
                 weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
                 teacher_logits: jax.Array | None = None, impl: Impl = "blockwise",
                 block: int = 128, remat: bool = False, mesh: Mesh | None = None,
-                rules: Rules | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                rules: Rules | None = None, answer_BxT: jax.Array | None = None,
+                answer_weight: float = 0.0, memory_ratio: float = 0.0,
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The TRIM-KV loss of the gates on one batch; differentiate w.r.t. `gate_params` only.
 
   Args:
@@ -63,22 +80,38 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
     impl, block, remat: passed to `decayed_attention` (block also tiles the capacity sums).
     mesh, rules: under a `jit` sharded on `mesh`, Pallas attention runs per device block
       (student and teacher).
+    answer_BxT: bool, True on answer-span tokens (`memjax.train.data.TrainData`); needed
+      when answer_weight > 0.
+    answer_weight: w_ans, the weight of the distillation terms on the answer span.
+    memory_ratio: if > 0, the capacity budget is M_t = max(memory_M, memory_ratio · (t + 1)).
 
   Returns:
     loss: float32 scalar.
-    metrics: float32 scalars "ce", "kl", "capacity" (unweighted).
+    metrics: float32 scalars "ce", "kl", "capacity" (unweighted), and with answer_weight
+      > 0 "answer_ce", "answer_kl" (0 for a batch without answers).
   """
+  if answer_weight > 0 and answer_BxT is None:
+    raise ValueError("answer_weight > 0 needs the answer mask (answer_BxT)")
   frozen_params = jax.lax.stop_gradient(frozen_params)
   logits_BxTxV, log_beta_LxBxTxHkv = forward_gated(
       gate.add_gates(frozen_params, gate_params), tokens_BxT, cfg, impl=impl, block=block,
       remat=remat, mesh=mesh, rules=rules)
   if teacher_logits is None:
     teacher_logits = llama.forward(frozen_params, tokens_BxT, cfg, mesh=mesh, rules=rules)
+  ce_BxT1 = token_ce(logits_BxTxV, tokens_BxT)
+  kl_BxT1 = token_kl(jax.lax.stop_gradient(teacher_logits), logits_BxTxV)[:, :-1]
   metrics = {
-      "ce": next_token_ce(logits_BxTxV, tokens_BxT),
-      "kl": forward_kl(jax.lax.stop_gradient(teacher_logits), logits_BxTxV),
-      "capacity": capacity.capacity_loss(log_beta_LxBxTxHkv, memory_M, block),
+      "ce": jnp.mean(ce_BxT1),
+      "kl": jnp.mean(kl_BxT1),
+      "capacity": capacity.capacity_loss(log_beta_LxBxTxHkv, memory_M, block, memory_ratio),
   }
   w_ce, w_kl, w_cap = weights
-  distill = (w_ce * metrics["ce"] + w_kl * metrics["kl"]) / (w_ce + w_kl) if w_ce + w_kl else 0.0
-  return distill + w_cap * metrics["capacity"], metrics
+  mix = lambda ce, kl: (w_ce * ce + w_kl * kl) / (w_ce + w_kl) if w_ce + w_kl else 0.0
+  loss = mix(metrics["ce"], metrics["kl"]) + w_cap * metrics["capacity"]
+  if answer_weight > 0:
+    # The logits at t predict token t + 1: position t counts when token t + 1 is an answer.
+    on_answer = answer_BxT[:, 1:]
+    metrics["answer_ce"] = masked_mean(ce_BxT1, on_answer)
+    metrics["answer_kl"] = masked_mean(kl_BxT1, on_answer)
+    loss = loss + answer_weight * mix(metrics["answer_ce"], metrics["answer_kl"])
+  return loss, metrics

@@ -28,6 +28,12 @@ class TrimKVConfig:
     capacity_weight: λ, weight of the capacity loss.
     attention: decayed-attention implementation, "blockwise" or "reference" (T×T logits).
     block: tile size of blockwise attention and of the capacity sums.
+    answer_weight: the distillation term adds answer_weight × the same CE/KL averaged over
+      the answer span of synthetic rows (the batch's "answer" mask), so the few tokens that
+      need a fact from far back are not drowned by the ~1,000 others; 0: plain mean.
+    memory_ratio: if > 0, the capacity budget grows with the position, M_t = max(memory_M,
+      ratio · (t + 1)) (the kept fraction the evaluation uses, memory_M its floor) instead of
+      the fixed memory_M.
   """
 
   memory_M: int = 512
@@ -38,13 +44,18 @@ class TrimKVConfig:
   capacity_weight: float = 1.0
   attention: Literal["blockwise", "reference"] = "blockwise"
   block: int = 128
+  answer_weight: float = 0.0
+  memory_ratio: float = 0.0
 
   def __post_init__(self):
     for field in ("memory_M", "gate_hidden", "block"):
       if getattr(self, field) < 1:
         raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
-    if min(self.ce_weight, self.kl_weight, self.capacity_weight) < 0:
+    if min(self.ce_weight, self.kl_weight, self.capacity_weight, self.answer_weight) < 0:
       raise ValueError("loss weights must be >= 0")
+    if not 0 <= self.memory_ratio < 1:
+      raise ValueError(f"memory_ratio must lie in [0, 1) (0: use memory_M), got "
+                       f"{self.memory_ratio}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +105,11 @@ class TrainConfig:
     synthetic_fraction: share of sequences that are synthetic retrieval/recall tasks; the
       rest are packed prose.
     recall_fraction: share of the synthetic sequences that are recall (rest: retrieval).
-    corpus: local text files to train on instead of the shipped "train" split.
+    fact_templates: how many of the retrieval fact templates (memjax.train.data.TEMPLATES:
+      numbers, codes, places, phrases) the synthetic rows draw from; 1 is the original one.
+    corpus_splits: shipped texts to train on (memjax.data.corpus.SPLIT_FILES), e.g.
+      [train, train_technical] for novels and technical prose.
+    corpus: local text files to train on instead of the shipped splits.
     output_dir: metrics.jsonl, TensorBoard events and config.yaml go here.
     checkpoint_dir: checkpoints; None means `output_dir`/checkpoints.
     save_every: save a checkpoint every this many steps (and at the last step).
@@ -124,6 +139,8 @@ class TrainConfig:
   clip_norm: float | None = 1.0
   synthetic_fraction: float = 0.5
   recall_fraction: float = 0.5
+  fact_templates: int = 1
+  corpus_splits: list[str] = dataclasses.field(default_factory=lambda: ["train"])
   corpus: list[str] = dataclasses.field(default_factory=list)
   output_dir: str = "runs/train"
   checkpoint_dir: str | None = None
@@ -169,18 +186,22 @@ class TrainConfig:
     return pathlib.Path(path).absolute()
 
 
-def load_train_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+def load_train_config(path: str | None = None, overrides: Sequence[str] = (),
+                      allow_gin_imports: bool = False) -> TrainConfig:
   """A TrainConfig from defaults, a `.yaml`/`.yml` or `.gin` file, then `key=value` overrides.
 
+  `allow_gin_imports` lets a gin file's `import` lines run (they import modules, running
+  their code; see `memjax.train.gin_config`); without it such a file is refused.
+
   Raises:
-    ConfigError: an unknown key (nearest valid key suggested), a wrong type, a bad value, or
-      a file that is neither YAML nor gin.
+    ConfigError: an unknown key (nearest valid key suggested), a wrong type, a bad value, a
+      syntax error, gin `import` lines not allowed, or a file that is neither YAML nor gin.
     FileNotFoundError: `path` does not exist.
   """
   suffix = pathlib.Path(path).suffix if path is not None else ".yaml"
   if suffix == ".gin":
     from memjax.train.gin_config import load_gin_config
-    return load_gin_config(TrainConfig, path, overrides)
+    return load_gin_config(TrainConfig, path, overrides, allow_imports=allow_gin_imports)
   if suffix in (".yaml", ".yml"):
     return load_config(TrainConfig, path, overrides)
   raise ConfigError(f"config file {path!r} must end in .yaml, .yml or .gin")

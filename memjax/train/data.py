@@ -6,7 +6,7 @@ Each row is, at the configured rates, one of:
   prose:     seq_len consecutive tokens of the corpus; windows are visited in a seeded
              random order, a new order each epoch.
   retrieval: prose with 1-4 facts hidden at sentence boundaries, then a question about one
-             of them and its answer:
+             of them and its answer (one of TEMPLATES: numbers, codes, places, phrases):
                ... Remember: the locker number assigned to Wilhelmina Crane is 4821. ...
                Q: Which locker number was assigned to Wilhelmina Crane?
                A: The locker number assigned to Wilhelmina Crane is 4821.
@@ -17,13 +17,13 @@ Each row is, at the configured rates, one of:
 
 The synthetic sequences share nothing with the evaluation tasks of memjax.data.retrieval:
 other names (not even a first or last name in common), other sentence templates, 4-digit
-values instead of 5-digit codes, and, by default, prose from the "train" split.
+numbers, letter codes, places and phrases instead of 5-digit codes, and, by default, prose from the "train" split.
 Every row has exactly seq_len tokens; pieces are tokenized separately and concatenated.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -43,15 +43,53 @@ TRAIN_NAMES = (
     "Leopold Nance", "Mabel Quarles", "Nathaniel Cray", "Orla Bexley", "Percival Dunne",
 )
 ATTRIBUTES = ("locker number", "room number", "ticket number", "parcel number", "seat number")
-FACT = " Remember: the {attribute} assigned to {name} is {value}."
-QUESTION = ("\n\nQ: Which {attribute} was assigned to {name}?\n"
-            "A: The {attribute} assigned to {name} is {value}.")
+# Fact templates: (fact sentence, question and answer, kind of value). The question ends
+# with the answer sentence, whose value tokens (and the final full stop) are the answer span.
+# Several templates and value kinds, so that gates learn to keep facts, not one sentence.
+TEMPLATES = (
+    (" Remember: the {attribute} assigned to {name} is {value}.",
+     "\n\nQ: Which {attribute} was assigned to {name}?\nA: The {attribute} assigned to {name} is",
+     "number"),
+    (" Note that the access key of {name} is {value}.",
+     "\n\nQ: What is the access key of {name}?\nA: The access key of {name} is",
+     "code"),
+    (" For the record, {name} was born in {value}.",
+     "\n\nQ: Where was {name} born?\nA: {name} was born in",
+     "place"),
+    (" Please keep in mind that {name} likes to say \"{value}\".",
+     "\n\nQ: What does {name} like to say?\nA: {name} likes to say \"",
+     "phrase"),
+)
+QUESTION_END = {"number": ".", "code": ".", "place": ".", "phrase": "\"."}
+PLACE_PARTS = (("Bel", "Cor", "Dun", "Fal", "Grim", "Hal", "Kes", "Lom", "Mar", "Pen", "Quel",
+                "Ros", "Tam", "Vel", "Wyn"),
+               ("ford", "mere", "wick", "ton", "bury", "stead", "haven", "moor", "field"))
+PHRASE_WORDS = ("amber", "lantern", "river", "quiet", "copper", "meadow", "thunder", "velvet",
+                "orchard", "silver", "harbour", "crimson", "willow", "ember", "frost", "garden",
+                "marble", "falcon", "cinder", "hollow")
 MEMORIZE = (" Memorize these words:", " (end of words)")
 RECITE = "\n\nRecite the words you memorized:"
 MAX_FACTS = 4
 RECALL_SPAN = (8, 32)  # tokens of a recall span, inclusive range
 MIN_PROSE_FRACTION = 0.25  # of seq_len, in every synthetic row
-_ROW_STREAM, _ORDER_STREAM = 0, 1  # keep the random streams of rows and window orders apart
+# Keep the random streams of rows, window orders and validation cases apart.
+_ROW_STREAM, _ORDER_STREAM, _CASE_STREAM = 0, 1, 2
+
+
+class RetrievalRow(NamedTuple):
+  """One retrieval row and where its parts are.
+
+  tokens: int32 [T]: prose with facts, then the question prompt, then the answer.
+  prompt_tokens: length of the question prompt (it ends right before the answer).
+  answer_tokens: length of the answer span at the end of the row.
+  value: the asked fact's value as text (what a correct answer starts with).
+  fact_marks: bool [T], True on the tokens of every fact sentence.
+  """
+  tokens: np.ndarray
+  prompt_tokens: int
+  answer_tokens: int
+  value: str
+  fact_marks: np.ndarray
 
 
 class ByteTokenizer:
@@ -67,7 +105,9 @@ class ByteTokenizer:
 
 
 class TrainData:
-  """Batches {"tokens": int32 [B, T], "kind": int32 [B]} (PROSE, RETRIEVAL or RECALL).
+  """Batches {"tokens": int32 [B, T], "kind": int32 [B] (PROSE, RETRIEVAL or RECALL),
+  "answer": bool [B, T]} (True on the answer span of a synthetic row: the value and full
+  stop after "A: ...", or the recited span; all False in prose rows).
 
   Args:
     tokenizer: has `encode` and `decode`; special tokens it adds around every text are
@@ -78,6 +118,8 @@ class TrainData:
     seed: with the batch index, fixes every row.
     synthetic_fraction: probability that a row is synthetic.
     recall_fraction: probability that a synthetic row is recall rather than retrieval.
+    fact_templates: retrieval facts use the first this many of TEMPLATES (1: the original
+      locker-number template only).
 
   Raises:
     ValueError: text too short for one row, or seq_len too short for the synthetic rows
@@ -85,7 +127,11 @@ class TrainData:
   """
 
   def __init__(self, tokenizer: TokenizerLike, text: str, seq_len: int, batch_size: int,
-               seed: int, synthetic_fraction: float = 0.5, recall_fraction: float = 0.5):
+               seed: int, synthetic_fraction: float = 0.5, recall_fraction: float = 0.5,
+               fact_templates: int = 1):
+    if not 1 <= fact_templates <= len(TEMPLATES):
+      raise ValueError(f"fact_templates must lie in [1, {len(TEMPLATES)}], got {fact_templates}")
+    self.fact_templates = fact_templates
     self.tokenizer, self.seq_len, self.batch_size = tokenizer, seq_len, batch_size
     self.seed = seed
     self.synthetic_fraction, self.recall_fraction = synthetic_fraction, recall_fraction
@@ -106,16 +152,26 @@ class TrainData:
   def batch(self, index: int) -> dict[str, np.ndarray]:
     """Batch number `index` (0-based); the same for the same seed and index."""
     rows = [self._row(index, r) for r in range(self.batch_size)]
-    return {"tokens": np.stack([tokens for tokens, _ in rows]),
-            "kind": np.array([kind for _, kind in rows], np.int32)}
+    return {"tokens": np.stack([tokens for tokens, _, _ in rows]),
+            "kind": np.array([kind for _, kind, _ in rows], np.int32),
+            "answer": np.stack([answer for _, _, answer in rows])}
 
-  def _row(self, index: int, r: int) -> tuple[np.ndarray, int]:
+  def _row(self, index: int, r: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """(tokens [T], kind, answer [T]: True on the tokens of the answer span)."""
     rng = np.random.default_rng([self.seed, _ROW_STREAM, index, r])
     if rng.random() >= self.synthetic_fraction:
-      return self._prose(index * self.batch_size + r), PROSE
+      return self._prose(index * self.batch_size + r), PROSE, np.zeros(self.seq_len, bool)
     if rng.random() < self.recall_fraction:
-      return self._recall(rng), RECALL
-    return self._retrieval(rng), RETRIEVAL
+      return self._with_kind(self._recall(rng), RECALL)
+    row = self._retrieval(rng)
+    return self._with_kind((row.tokens, row.answer_tokens), RETRIEVAL)
+
+  def _with_kind(self, row: tuple[np.ndarray, int], kind: int):
+    """(tokens, kind, answer mask) of a synthetic row whose last n_answer tokens answer."""
+    tokens, n_answer = row
+    answer = np.zeros(self.seq_len, bool)
+    answer[self.seq_len - n_answer:] = True
+    return tokens, kind, answer
 
   def _prose(self, g: int) -> np.ndarray:
     """The g-th prose window in the seeded order (epoch g // n_windows)."""
@@ -130,48 +186,65 @@ class TrainData:
       self._cached_order = (epoch, rng.permutation(self.n_windows))
     return self._cached_order[1]
 
-  def _retrieval(self, rng: np.random.Generator) -> np.ndarray:
+  def retrieval_case(self, index: int) -> RetrievalRow:
+    """Retrieval row number `index` of this data's seed, split into its parts (for
+    validation: draw it from a TrainData whose seed training does not use)."""
+    return self._retrieval(np.random.default_rng([self.seed, _CASE_STREAM, index]))
+
+  def _retrieval(self, rng: np.random.Generator) -> RetrievalRow:
+    """Facts in prose, then a question on one of them and its answer."""
     k = int(rng.integers(1, self._max_facts + 1))
     names = [TRAIN_NAMES[i] for i in rng.choice(len(TRAIN_NAMES), k, replace=False)]
-    values = [str(v) for v in rng.choice(np.arange(1000, 10_000), k, replace=False)]
+    templates = [TEMPLATES[i] for i in rng.integers(self.fact_templates, size=k)]
+    values = [_value(rng, kind) for _, _, kind in templates]
     attributes = [ATTRIBUTES[i] for i in rng.integers(len(ATTRIBUTES), size=k)]
-    facts = [self._encode(FACT.format(attribute=a, name=n, value=v))
-             for a, n, v in zip(attributes, names, values)]
+    facts = [self._encode(fact.format(attribute=a, name=n, value=v))
+             for (fact, _, _), a, n, v in zip(templates, attributes, names, values)]
     asked = int(rng.integers(k))
-    tail = self._encode(QUESTION.format(attribute=attributes[asked], name=names[asked],
-                                        value=values[asked]))
-    return self._compose(rng, facts, tail)
+    _, question, kind = templates[asked]
+    prompt = self._encode(question.format(attribute=attributes[asked], name=names[asked]))
+    answer = self._encode(" " * (kind != "phrase") + values[asked] + QUESTION_END[kind])
+    tokens, starts = self._compose(rng, facts, np.concatenate([prompt, answer]))
+    fact_marks = np.zeros(self.seq_len, bool)
+    for start, fact in zip(starts, facts):
+      fact_marks[start:start + len(fact)] = True
+    return RetrievalRow(tokens, len(prompt), len(answer), values[asked], fact_marks)
 
-  def _recall(self, rng: np.random.Generator) -> np.ndarray:
+  def _recall(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """(row, tokens of the recited span at the end)."""
     n = int(rng.integers(RECALL_SPAN[0], self._max_span + 1))
     first = int(rng.integers(np.searchsorted(self.starts, len(self.ids) - n, "right")))
     span = self.ids[self.starts[first]:self.starts[first] + n]
     memorize = np.concatenate([self._encode(MEMORIZE[0]), span, self._encode(MEMORIZE[1])])
-    return self._compose(rng, [memorize], np.concatenate([self._encode(RECITE), span]))
+    return self._compose(rng, [memorize], np.concatenate([self._encode(RECITE), span]))[0], n
 
   def _compose(self, rng: np.random.Generator, inserts: list[np.ndarray],
-               tail: np.ndarray) -> np.ndarray:
-    """Prose from a random sentence start with `inserts` at sentence boundaries, then `tail`."""
+               tail: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Prose from a random sentence start with `inserts` at sentence boundaries, then `tail`;
+    and the offset of each insert in the row (in the order given)."""
     budget = self.seq_len - sum(len(x) for x in inserts) - len(tail)
     start = self.starts[rng.integers(np.searchsorted(self.starts, len(self.ids) - budget, "right"))]
     lo, hi = np.searchsorted(self.starts, [start, start + budget], "left")
     cuts = np.sort(rng.choice(np.append(self.starts[lo:hi], start + budget), len(inserts))) - start
     prose = self.ids[start:start + budget]
-    pieces, last = [], 0
+    pieces, last, offsets, length = [], 0, [], 0
     for cut, insert in zip(cuts, inserts):
       pieces += [prose[last:cut], insert]
+      offsets.append(length + cut - last)
+      length += cut - last + len(insert)
       last = cut
-    return np.concatenate(pieces + [prose[last:], tail]).astype(np.int32)
+    return np.concatenate(pieces + [prose[last:], tail]).astype(np.int32), offsets
 
   def _synthetic_limits(self) -> tuple[int, int]:
     """(most facts per retrieval row, longest recall span) that leave enough prose."""
-    value = "8888"
-    longest = lambda template, **kw: max(
-        len(self._encode(template.format(attribute=a, name=n, value=value, **kw)))
+    longest = lambda template, kind: max(
+        len(self._encode(template.format(attribute=a, name=n, value=_longest_value(kind))))
         for a in ATTRIBUTES for n in TRAIN_NAMES)
     room = self.seq_len - int(MIN_PROSE_FRACTION * self.seq_len)
-    # +4: another 4-digit value may take up to 4 more tokens than "8888".
-    fact, question = longest(FACT) + 4, longest(QUESTION) + 4
+    # +4: another value may take up to 4 more tokens than the longest drawn here.
+    used = TEMPLATES[:self.fact_templates]
+    fact = max(longest(f, kind) for f, _, kind in used) + 4
+    question = max(longest(q + " {value}" + QUESTION_END[kind], kind) for _, q, kind in used) + 4
     max_facts = min(MAX_FACTS, (room - question) // fact)
     overhead = sum(len(self._encode(s)) for s in (*MEMORIZE, RECITE))
     max_span = min(RECALL_SPAN[1], (room - overhead) // 2)
@@ -182,6 +255,25 @@ class TrainData:
           f"{int(need / (1 - MIN_PROSE_FRACTION)) + 1} tokens; raise seq_len or set "
           "synthetic_fraction=0")
     return max_facts, max_span
+
+
+def _value(rng: np.random.Generator, kind: str) -> str:
+  """A random value of one kind: a 4-digit number, a code such as "QX-417", a made-up
+  place name, or a three-word phrase."""
+  if kind == "number":
+    return str(int(rng.integers(1000, 10_000)))
+  if kind == "code":
+    letters = "".join(chr(ord("A") + int(i)) for i in rng.integers(26, size=2))
+    return f"{letters}-{int(rng.integers(100, 1000))}"
+  if kind == "place":
+    return "".join(part[int(rng.integers(len(part)))] for part in PLACE_PARTS)
+  return " ".join(PHRASE_WORDS[int(i)] for i in rng.choice(len(PHRASE_WORDS), 3, replace=False))
+
+
+def _longest_value(kind: str) -> str:
+  """A value of `kind` among the longest in characters (for length limits)."""
+  return {"number": "8888", "code": "WW-888", "place": "Grimstead",
+          "phrase": "thunder orchard harbour"}[kind]
 
 
 class BatchIterator(Iterator[dict[str, np.ndarray]]):

@@ -162,7 +162,8 @@ def trim_kv_gates(model_cfg: ModelConfig, cfg: TrainConfig, key: jax.Array) -> P
 def trim_kv_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
   """`memjax.retention.trimkv_loss` of the gates on batch["tokens"], settings from cfg.
 
-  Metrics: "ce", "kl" and "capacity" (unweighted).
+  Metrics: "ce", "kl" and "capacity" (unweighted), plus "answer_ce" and "answer_kl" with
+  an answer weight.
   """
   compute_cfg = dataclasses.replace(model_cfg, dtype=cfg.compute_dtype)
   settings = cfg.method.trim_kv
@@ -177,7 +178,9 @@ def trim_kv_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
         trainable["layers"]["gate"], llama.cast_params(frozen, compute_cfg), batch["tokens"],
         compute_cfg, memory_M=settings.memory_M,
         weights=(settings.ce_weight, settings.kl_weight, settings.capacity_weight),
-        impl=settings.attention, block=settings.block, remat=cfg.remat, **on_mesh)
+        impl=settings.attention, block=settings.block, remat=cfg.remat, **on_mesh,
+        answer_BxT=batch.get("answer"), answer_weight=settings.answer_weight,
+        memory_ratio=settings.memory_ratio)
 
   return loss_fn
 

@@ -86,8 +86,9 @@ def setup_run(cfg: TrainConfig) -> RunSetup:
   trainable, frozen = partition(merge(added, params),
                                 cfg.method.trainable or method.default_trainable)
   trainable = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), trainable)
-  data = TrainData(tokenizer, load_corpus("train", cfg.corpus or None), cfg.seq_len,
-                   cfg.batch_size, cfg.seed, cfg.synthetic_fraction, cfg.recall_fraction)
+  data = TrainData(tokenizer, load_corpus(cfg.corpus_splits, cfg.corpus or None), cfg.seq_len,
+                   cfg.batch_size, cfg.seed, cfg.synthetic_fraction, cfg.recall_fraction,
+                   cfg.fact_templates)
   return RunSetup(method.make_loss(model_cfg, cfg), trainable, frozen, data, model_cfg)
 
 

@@ -10,6 +10,7 @@ from memjax.cache.policies.h2o import H2O
 from memjax.cache.policies.keydiff import KeyDiff
 from memjax.cache.policies.knorm import KNorm
 from memjax.cache.policies.learned import Learned
+from memjax.cache.policies.oracle import Oracle
 from memjax.cache.policies.random import Random
 from memjax.cache.policies.snapkv import SnapKV
 from memjax.cache.policies.streaming import Streaming
@@ -18,7 +19,8 @@ from memjax.cache.policies.window import Window
 
 REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (Full, Window, Streaming, H2O, TOVA, SnapKV, KeyDiff, KNorm, Random, Learned)
+    for cls in (Full, Window, Streaming, H2O, TOVA, SnapKV, KeyDiff, KNorm, Random, Learned,
+                Oracle)
 }
 
 
@@ -28,8 +30,10 @@ def policy_names() -> list[str]:
 
 
 def heuristic_policy_names() -> list[str]:
-  """Names of the registered policies that need no retention gates in the model params."""
-  return [name for name, cls in REGISTRY.items() if not cls.uses_retention_gate]
+  """Names of the registered policies that need neither retention gates in the model params
+  nor per-token marks (the oracle)."""
+  return [name for name, cls in REGISTRY.items()
+          if not (cls.uses_retention_gate or cls.uses_marks)]
 
 
 def get_policy(name: str | Policy, **hyper) -> Policy:

@@ -5,7 +5,8 @@ candidate slots of one layer (higher = keep); protected slots score +inf. `obser
 folds the chunk's attention probabilities into the per-slot statistics before scoring;
 policies that need no attention leave the statistics alone. Fresh tokens start with zero
 statistics, or, for a policy with `uses_retention_gate`, with the log β of the layer's
-retention gate (the params must then carry gates).
+retention gate (the params must then carry gates), or, for a policy with `uses_marks`, with
+per-token flags given to generation (an oracle that knows which tokens matter).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Policy:
   name: ClassVar[str] = ""
   needs_attention: ClassVar[bool] = False
   uses_retention_gate: ClassVar[bool] = False
+  # True for a policy that reads per-token marks given to generation (the `oracle`).
+  uses_marks: ClassVar[bool] = False
   # False for a policy whose cache holds every token: chunks are appended in place.
   evicts: ClassVar[bool] = True
 
