@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pathlib
 import sys
@@ -47,7 +48,7 @@ def _generate(args) -> None:
 def _train(args) -> None:
   from memjax.train import load_train_config, run
 
-  cfg = load_train_config(args.config, args.overrides)
+  cfg = load_train_config(args.config, args.overrides, allow_gin_imports=args.gin_imports)
   state = run(cfg, progress=True)
   print(f"trained to step {int(state.step)} of {cfg.steps}; checkpoints in "
         f"{cfg.checkpoint_path}, metrics in {cfg.output_dir}")
@@ -80,25 +81,32 @@ def _reproduce(args) -> None:
 
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="memjax", description="Memory-bounded attention in JAX.")
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("--debug", action="store_true",
+                      help="show the full traceback of an error instead of one message")
   sub = p.add_subparsers(dest="command", required=True)
+  add_command = functools.partial(sub.add_parser, parents=[common])
 
-  ev = sub.add_parser("eval", help="policy x budget evaluation from a YAML config")
+  ev = add_command("eval", help="policy x budget evaluation from a YAML config")
   ev.add_argument("config", help="YAML file with EvalConfig fields (see configs/)")
   ev.add_argument("overrides", nargs="*", help="key=value overrides, e.g. n_cases=16")
   ev.set_defaults(run=_eval)
 
-  tr = sub.add_parser("train", help="train (or resume training) from a YAML or gin config")
+  tr = add_command("train", help="train (or resume training) from a YAML or gin config")
   tr.add_argument("config", help="YAML or .gin file with TrainConfig fields")
   tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 lr=1e-4")
+  tr.add_argument("--gin-imports", action="store_true",
+                  help="let a .gin config's `import` lines run (they import Python modules, "
+                       "running their code); refused without this flag")
   tr.set_defaults(run=_train)
 
-  ex = sub.add_parser("export-gates", help="write a TRIM-KV run's trained gates to an .npz")
+  ex = add_command("export-gates", help="write a TRIM-KV run's trained gates to an .npz")
   ex.add_argument("run_dir", help="output_dir of a `memjax train` run with method trim_kv")
   ex.add_argument("--out", required=True, help="gate file to write (.npz)")
   ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
   ex.set_defaults(run=_export_gates)
 
-  gen = sub.add_parser("generate", help="generate text under a KV budget")
+  gen = add_command("generate", help="generate text under a KV budget")
   gen.add_argument("prompt")
   gen.add_argument("--model", default="smollm2-135m")
   gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -113,7 +121,7 @@ def parser() -> argparse.ArgumentParser:
   gen.add_argument("--temperature", type=float, default=0.0)
   gen.set_defaults(run=_generate)
 
-  rp = sub.add_parser("reproduce", help="run one ablation of experiments/ end to end (resumable)")
+  rp = add_command("reproduce", help="run one ablation of experiments/ end to end (resumable)")
   rp.add_argument("name", nargs="?", help="ablation name (see --list)")
   rp.add_argument("--list", action="store_true", help="list the ablations and exit")
   rp.add_argument("--small", action="store_true",
@@ -125,12 +133,34 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+  """`parser().parse_args(argv)`, except that key=value overrides may also follow options,
+  as in `memjax train c.yaml --debug steps=3` (argparse alone stops at the option)."""
+  p = parser()
+  args, rest = p.parse_known_args(argv)
+  if rest and hasattr(args, "overrides") and all("=" in a and not a.startswith("-")
+                                                 for a in rest):
+    args.overrides += rest
+  elif rest:
+    p.error(f"unrecognized arguments: {' '.join(rest)}")
+  return args
+
+
+# What a user can fix: configs and arguments (ValueError, including ConfigError and YAML or
+# gin syntax), paths and permissions (OSError, including CheckpointError).
+USER_ERRORS = (ValueError, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
-  args = parser().parse_args(argv)
+  """Run one command; 0 on success, 2 on a user error, which is printed as one message
+  naming the file or argument (with `--debug`: raised, with its traceback)."""
+  args = _parse_args(argv)
   enable_compilation_cache()
   try:
     args.run(args)
-  except (ValueError, FileNotFoundError) as err:
+  except USER_ERRORS as err:
+    if args.debug:
+      raise
     print(f"memjax {args.command}: error: {err}", file=sys.stderr)
     return 2
   return 0

@@ -43,15 +43,14 @@ def load_config(cls: type[T], yaml_path: str | None = None, overrides: Sequence[
 
   Raises:
     ConfigError: an unknown key (with the nearest valid key suggested), a value of
-      the wrong type, or a malformed override.
+      the wrong type, a malformed override, YAML syntax errors (with the line), or a file
+      that cannot be read.
     FileNotFoundError: `yaml_path` does not exist.
   """
   values: dict[str, Any] = {}
   sources: dict[str, str] = {}
   if yaml_path is not None:
-    if not pathlib.Path(yaml_path).is_file():
-      raise FileNotFoundError(f"config file {yaml_path!r} does not exist")
-    data = yaml.safe_load(pathlib.Path(yaml_path).read_text(encoding="utf-8"))
+    data = _parse_yaml(read_config_text(yaml_path), str(yaml_path), is_file=True)
     if data is not None and not isinstance(data, dict):
       raise ConfigError(
           f"{yaml_path} must hold a mapping of config keys, not {type(data).__name__}")
@@ -61,9 +60,48 @@ def load_config(cls: type[T], yaml_path: str | None = None, overrides: Sequence[
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
       raise ConfigError(f"override {override!r} must look like key=value, e.g. seed=1")
-    value = yaml.safe_load(text) if text.strip() else None
+    value = _parse_yaml(text, f"override {override!r}", is_file=False) if text.strip() else None
     _set(cls, values, sources, key.strip(), value, f"in override {override!r}")
   return _build(cls, values, sources, prefix="")
+
+
+def read_config_text(path: str | pathlib.Path) -> str:
+  """The text of the config file `path`.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ConfigError: `path` is not a file, cannot be read, or is not UTF-8 text.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+  if not path.is_file():
+    raise ConfigError(f"config file {str(path)!r} is not a file")
+  try:
+    return path.read_text(encoding="utf-8")
+  except UnicodeDecodeError as err:
+    raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {err.start}: "
+                      f"{err.reason})") from err
+  except OSError as err:
+    raise ConfigError(f"config file {str(path)!r} cannot be read ({err.strerror or err})"
+                      ) from err
+
+
+def _parse_yaml(text: str, source: str, is_file: bool) -> Any:
+  """`text` parsed as YAML; a syntax error becomes a ConfigError naming `source` and where
+  the error is: "FILE:LINE:COLUMN: ..." for a file, "OVERRIDE, column N: ..." otherwise."""
+  try:
+    return yaml.safe_load(text)
+  except yaml.YAMLError as err:
+    mark = getattr(err, "problem_mark", None)
+    if mark is None:
+      where = source
+    elif is_file:
+      where = f"{source}:{mark.line + 1}:{mark.column + 1}"
+    else:
+      where = f"{source}, column {mark.column + 1}"
+    problem = getattr(err, "problem", None) or str(err)
+    raise ConfigError(f"{where}: invalid YAML: {problem}") from err
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

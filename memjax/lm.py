@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from memjax import checks
 from memjax.cache import budgets as budgets_lib
 from memjax.cache.policies import Policy, policy_names
 from memjax.generation.generate import generate_ids
@@ -33,13 +34,28 @@ class LanguageModel:
   name: str = ""
 
   def logits(self, ids_BxT) -> np.ndarray:
-    """float32 [B, T, V] logits with full causal attention (no cache, no eviction)."""
-    ids = np.asarray(ids_BxT, np.int32)
-    if ids.ndim == 1:
-      ids = ids[None]
-    if ids.shape[1] > self.cfg.max_positions:
-      raise ValueError(f"{ids.shape[1]} tokens exceed the model's maximum of "
+    """float32 [B, T, V] logits with full causal attention (no cache, no eviction).
+
+    Args:
+      ids_BxT: token ids [B, T] (an int array or B lists of one length), or one row [T].
+
+    Raises:
+      TypeError: the ids are not integers.
+      ValueError: an id outside the vocabulary, rows of different lengths, no tokens, or
+        more tokens than the model's maximum positions.
+    """
+    rows = checks.token_rows(ids_BxT if _holds_rows(ids_BxT) else [ids_BxT],
+                             self.cfg.vocab_size, "row")
+    lengths = sorted({len(row) for row in rows})
+    if len(lengths) > 1:
+      raise ValueError(f"logits needs rows of one length, got lengths {lengths}; pad the rows "
+                       "to one length or call logits once per row")
+    if not lengths or lengths[0] == 0:
+      raise ValueError("logits needs at least one row of at least one token")
+    if lengths[0] > self.cfg.max_positions:
+      raise ValueError(f"{lengths[0]} tokens exceed the model's maximum of "
                        f"{self.cfg.max_positions} positions")
+    ids = np.asarray(rows, np.int32)
     return np.asarray(_jitted_forward(self.cfg)(self.params, ids))
 
   def generate(self, prompt: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]], *,
@@ -63,13 +79,15 @@ class LanguageModel:
 
     Returns:
       Text when given text, token ids when given ids; a list of those for a batch.
+
+    Raises:
+      TypeError: an argument of the wrong type (budget, chunk and token counts are ints), or
+        a batch that mixes text and token ids.
+      ValueError: a token id outside the vocabulary, an argument out of range, or a number
+        of questions other than the number of prompts.
     """
-    prompts, as_text, batched = self._rows(prompt)
-    questions = None
-    if question is not None:
-      questions, _, _ = self._rows(question)
-      if not batched:
-        questions = questions[:1]
+    prompts, as_text, batched = self._rows(prompt, "prompt")
+    questions = None if question is None else self._rows(question, "question")[0]
     eos = self.tokenizer.eos_id if stop_at_eos else None
     new_ids = generate_ids(
         self.params, self.cfg, prompts, policy=policy, budget=budget,
@@ -79,16 +97,32 @@ class LanguageModel:
     outs = [self.tokenizer.decode(ids) for ids in new_ids] if as_text else new_ids
     return outs if batched else outs[0]
 
-  def _rows(self, x) -> tuple[list[list[int]], bool, bool]:
-    """(rows of ids, given as text?, given as a batch?)."""
+  def _rows(self, x, what: str) -> tuple[list, bool, bool]:
+    """(rows, given as text?, given as a batch?) of a `generate` argument: a string, one row
+    of token ids, or a list of strings or of id rows (not both). Id rows are returned as
+    given; `generate_ids` checks them."""
     if isinstance(x, str):
       return [self.tokenizer.encode(x)], True, False
-    x = list(x)
-    if x and isinstance(x[0], str):
-      return [self.tokenizer.encode(s) for s in x], True, True
-    if x and isinstance(x[0], (int, np.integer)):
-      return [[int(i) for i in x]], False, False
-    return [[int(i) for i in row] for row in x], False, True
+    if not checks.is_sequence(x):
+      raise TypeError(f"{what} must be a string, a list of token ids, or a list of either; "
+                      f"got {x!r} ({type(x).__name__})")
+    if not _holds_rows(x):
+      return [x], False, False
+    items = list(x)
+    texts = [isinstance(item, str) for item in items]
+    if all(texts):
+      return [self.tokenizer.encode(text) for text in items], True, True
+    if any(texts):
+      raise TypeError(f"{what} mixes text and token ids (item {texts.index(True)} is a string, "
+                      f"item {texts.index(False)} is not); give a list of strings or a list "
+                      "of token id lists")
+    return items, False, True
+
+
+def _holds_rows(x) -> bool:
+  """Whether `x` is a batch: a sequence whose items are strings or sequences themselves."""
+  return checks.is_sequence(x) and any(isinstance(item, str) or checks.is_sequence(item)
+                                       for item in x)
 
 
 @functools.lru_cache(maxsize=8)

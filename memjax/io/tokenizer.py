@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 
+from memjax import checks
+
 # llama.cpp token types (tokenizer.ggml.token_type).
 TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
@@ -133,12 +135,30 @@ class Tokenizer:
     """Token ids of `text`; special-token text such as "<|im_start|>" maps to its single id.
 
     BOS/EOS are added only when the model's tokenizer files ask for it (see the module docstring).
+
+    Raises:
+      TypeError: `text` is not a string.
+      ValueError: `text` holds a lone surrogate (it is not valid Unicode).
     """
+    if not isinstance(text, str):
+      raise TypeError(f"encode takes a string, got {type(text).__name__}")
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError as err:
+      raise ValueError(f"text holds a lone surrogate {text[err.start]!r} at index {err.start}, "
+                       "which is not valid Unicode; remove it, or repair the text with "
+                       "text.encode('utf-8', 'replace').decode()") from None
     return self.backend.encode(text).ids
 
   def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-    """Text of a sequence of token ids (special tokens written out unless skipped)."""
-    return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+    """Text of a sequence of token ids (special tokens written out unless skipped).
+
+    Raises:
+      TypeError: an id is not an integer.
+      ValueError: an id outside [0, vocab_size) (the message names it and the vocabulary size).
+    """
+    ids = checks.token_ids(ids, self.vocab_size, "decode")
+    return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
 def _token_id(backend: tokenizers.Tokenizer, token: str | dict | None) -> int | None:

@@ -7,7 +7,8 @@
 or `memjax train CONFIG.yaml|CONFIG.gin [key=value ...]`.
 """
 
-from memjax.train.checkpoint import Checkpointer, load_state, load_trainable
+from memjax.train.checkpoint import (CheckpointError, Checkpointer, CheckpointWarning,
+                                     load_state, load_trainable)
 from memjax.train.config import MethodConfig, TrainConfig, TrimKVConfig, load_train_config
 from memjax.train.data import ByteTokenizer, TrainData
 from memjax.train.methods import METHODS, LossFn, Method, get_method
@@ -17,7 +18,8 @@ from memjax.train.trainer import (NonFiniteLossError, TrainState, init_state, ma
                                   make_train_step, train)
 
 __all__ = [
-    "METHODS", "ByteTokenizer", "Checkpointer", "LossFn", "Method", "MethodConfig",
+    "METHODS", "ByteTokenizer", "CheckpointError", "CheckpointWarning", "Checkpointer",
+    "LossFn", "Method", "MethodConfig",
     "NonFiniteLossError", "TrainConfig", "TrainData", "TrainState", "TrimKVConfig",
     "build_model", "get_method", "init_state", "load_state", "load_train_config",
     "load_trainable",

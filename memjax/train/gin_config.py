@@ -13,6 +13,11 @@ Gin only parses; each binding becomes the override `dotted.key=value` of
 `memjax.config.load_config`, so types, value checks and "did you mean" suggestions are
 exactly those of a YAML file. Scoped bindings (`scope/TrainConfig.lr`) are rejected: nothing
 would ever enter the scope.
+
+A gin `import` line imports its module, running that module's code, while the file is read
+and before memjax checks anything. memjax configs need no imports, so a file whose `import`
+lines (its own or those of the files it includes) are not allowed explicitly
+(`allow_imports=True`, `memjax train --gin-imports`) is refused before gin reads it.
 """
 
 from __future__ import annotations
@@ -20,18 +25,24 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import pathlib
+import os
+import re
+import tokenize
 import typing
 from typing import Any, Sequence, TypeVar
 
 import gin
 import yaml
+from gin import config_parser
 
-from memjax.config import ConfigError, load_config
+from memjax.config import ConfigError, load_config, read_config_text
 
 T = TypeVar("T")
 
 _GIN_MODULE = "memjax"
+# Where gin's messages say an error is (gin.utils appends it); the first one is the innermost.
+_GIN_LOCATION = re.compile(r'\n  In (?:file "(?P<file>[^"]*)",|bindings string) line '
+                           r'(?P<line>\d+)\n    (?P<text>[^\n]*)')
 _registered: dict[str, type] = {}  # gin name -> dataclass registered under it
 _seen_keys: list[tuple[str, str]] = []  # (scope, selector) of the last finalized gin config
 
@@ -42,23 +53,33 @@ def _record_keys(config: dict) -> None:
   _seen_keys[:] = list(config)
 
 
-def load_gin_config(cls: type[T], gin_path: str, overrides: Sequence[str] = ()) -> T:
+def load_gin_config(cls: type[T], gin_path: str, overrides: Sequence[str] = (),
+                    allow_imports: bool = False) -> T:
   """A `cls` config from defaults, then the bindings of a `.gin` file, then overrides.
 
   Args:
     cls: a dataclass config type (its nested dataclasses are its sections).
-    gin_path: gin file; `include` and `import` statements and macros work as in gin.
+    gin_path: gin file; `include` statements and macros work as in gin.
     overrides: "dotted.key=value" strings applied after the file, as in `load_config`.
+    allow_imports: run the file's `import` lines (gin imports each module, running its
+      code); without it a file with an `import` line is refused before gin reads it.
 
   gin's global config is cleared before parsing and again after reading the bindings.
 
   Raises:
-    ConfigError: gin syntax errors, unknown configurables or keys, scoped bindings,
-      non-literal values, wrong types (each message names the file and the binding).
+    ConfigError: gin syntax errors, `import` lines without allow_imports, unknown
+      configurables or keys, scoped bindings, non-literal values, wrong types, missing
+      includes (each message names the file, and the line or the binding).
     FileNotFoundError: `gin_path` does not exist.
   """
-  if not pathlib.Path(gin_path).is_file():
-    raise FileNotFoundError(f"config file {gin_path!r} does not exist")
+  imports = gin_imports(gin_path)
+  if imports and not allow_imports:
+    path, line, statement = imports[0]
+    more = f" (and {len(imports) - 1} more)" if len(imports) > 1 else ""
+    raise ConfigError(f"{path}:{line}: `{statement}`{more} would import a Python module, "
+                      "running its code, while the config is read; memjax configs need no "
+                      "imports. Remove the line, or if you trust the file, allow its imports "
+                      "with --gin-imports (allow_imports=True)")
   sections = _sections(cls)
   _register(sections)
   gin.clear_config()
@@ -66,8 +87,12 @@ def load_gin_config(cls: type[T], gin_path: str, overrides: Sequence[str] = ()) 
     gin.parse_config_file(gin_path)
     gin.finalize()
     bindings = {name: gin.get_bindings(f"{_GIN_MODULE}.{name}") for name in sections}
-  except (ValueError, TypeError, LookupError) as err:
-    raise ConfigError(f"{gin_path}: {err}{_configurable_hint(str(err), sections)}") from err
+  except (SyntaxError, tokenize.TokenError) as err:
+    raise _syntax_error(err, gin_path) from err
+  except (ValueError, TypeError, LookupError, NameError, AttributeError, ImportError,
+          OSError) as err:
+    raise ConfigError(f"{_located(str(err), gin_path)}{_configurable_hint(str(err), sections)}"
+                      ) from err
   finally:
     gin.clear_config()
   scoped = [f"{scope}/{selector.rsplit('.', 1)[-1]}" for scope, selector in _seen_keys
@@ -86,6 +111,66 @@ def load_gin_config(cls: type[T], gin_path: str, overrides: Sequence[str] = ()) 
     binding = next((n for n, o in zip(names, gin_overrides) if repr(o) in str(err)), None)
     where = f" (gin binding {binding})" if binding else ""
     raise ConfigError(f"{gin_path}{where}: {err}") from err
+
+
+def gin_imports(gin_path: str) -> list[tuple[str, int, str]]:
+  """(file, line, statement) of each `import` line of a gin file and of the files it
+  includes (found as gin finds them, relative to the working directory), read without
+  importing anything. `from __gin__ import ...` lines switch on gin features and are left out.
+
+  Raises:
+    FileNotFoundError: `gin_path` does not exist.
+    ConfigError: a file cannot be read, an included file does not exist, or a gin syntax
+      error (each naming the file and line).
+  """
+  found, pending, seen = [], [(str(gin_path), None)], set()
+  while pending:
+    path, included_at = pending.pop()
+    if path in seen:
+      continue
+    seen.add(path)
+    if included_at is not None and not os.path.isfile(path):
+      raise ConfigError(f"{included_at}: `include {path!r}`: no such file (relative paths "
+                        "start from the working directory)")
+    try:
+      for statement in config_parser.ConfigParser(read_config_text(path), _InertDelegate()):
+        if isinstance(statement, config_parser.IncludeStatement):
+          pending.append((statement.filename, f"{path}:{statement.location.line_num}"))
+        elif (isinstance(statement, config_parser.ImportStatement)
+              and not statement.module.startswith("__gin__.")):
+          found.append((path, statement.location.line_num, statement.format()))
+    except (SyntaxError, tokenize.TokenError) as err:
+      raise _syntax_error(err, path) from err
+  return found
+
+
+class _InertDelegate(config_parser.ParserDelegate):
+  """Parses `@references` and `%macros` into nothing: for reading a file's statements."""
+
+  def configurable_reference(self, scoped_configurable_name, evaluate):
+    return None
+
+  def macro(self, macro_name):
+    return None
+
+
+def _syntax_error(err: SyntaxError | tokenize.TokenError, gin_path: str) -> ConfigError:
+  """A gin syntax error as a ConfigError "FILE:LINE: gin syntax error: ..."."""
+  if isinstance(err, SyntaxError):
+    return ConfigError(f"{err.filename or gin_path}:{err.lineno}: gin syntax error: {err.msg}")
+  message, (line, _) = err.args  # tokenize reached the end of the file inside a statement
+  return ConfigError(f"{gin_path}:{line}: gin syntax error: {message} (an unclosed bracket "
+                     "or string?)")
+
+
+def _located(message: str, gin_path: str) -> str:
+  """A gin error message with its location suffix ('\n  In file "F", line N\n    TEXT')
+  turned into a "F:N: message (in `TEXT`)" prefix, or prefixed with `gin_path`."""
+  match = _GIN_LOCATION.search(message)
+  if match is None:
+    return f"{gin_path}: {message}"
+  return (f"{match['file'] or gin_path}:{match['line']}: {message[:match.start()]} "
+          f"(in `{match['text'].strip()}`)")
 
 
 def _sections(cls: type) -> dict[str, tuple[type, str]]:

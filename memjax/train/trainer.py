@@ -178,6 +178,7 @@ def train(cfg: TrainConfig, loss_fn: LossFn, trainable: Params, frozen: Params,
 
   Saves every cfg.save_every steps and at the last step (keeping cfg.keep), logs mean
   metrics every cfg.log_every steps to `cfg.output_dir`/metrics.jsonl and TensorBoard.
+  Resumes from the newest checkpoint that verifies (see `memjax.train.checkpoint`).
 
   Args:
     cfg: the run's settings.
@@ -198,7 +199,9 @@ def train(cfg: TrainConfig, loss_fn: LossFn, trainable: Params, frozen: Params,
 
   Raises:
     NonFiniteLossError: a step's loss, metrics or gradient norm was NaN or infinite; the
-      message names the step and the metrics, and the newest checkpoint is the last good one.
+      message names the step and the metrics, and the newest checkpoint that verifies.
+    CheckpointError: the checkpoint directory cannot be written, a save failed (the run
+      stops at the next step), or no checkpoint verifies.
   """
   mesh = sharding.build_mesh(cfg.mesh)
   optimizer, schedule = make_optimizer(cfg)
@@ -211,7 +214,7 @@ def train(cfg: TrainConfig, loss_fn: LossFn, trainable: Params, frozen: Params,
     print(_memory_report(cfg, model_cfg, state, frozen, shardings, mesh))
   checkpointer = Checkpointer(cfg.checkpoint_path, cfg.keep)
   try:
-    if checkpointer.latest_step() is not None:
+    if checkpointer.all_steps():
       state, data_state = checkpointer.restore(state)
       batches.set_state(data_state)
     start = int(state.step)
@@ -221,6 +224,7 @@ def train(cfg: TrainConfig, loss_fn: LossFn, trainable: Params, frozen: Params,
     with MetricsLogger(cfg.output_dir, cfg.log_every, start) as logger, \
         ProgressBar(start, cfg.steps, enabled=progress and jax.process_index() == 0) as bar:
       for step in range(start + 1, cfg.steps + 1):
+        checkpointer.check()  # a save that failed in the background stops the run here
         tick = time.perf_counter()
         batch = next(batches)
         state, metrics = train_step(state, frozen, sharding.put(batch, batch_shardings(batch)))
@@ -260,8 +264,8 @@ def _memory_report(cfg: TrainConfig, model_cfg: ModelConfig | None, state: Train
 def _non_finite_message(step: int, bad: list[str], values: dict[str, float],
                         checkpointer: Checkpointer) -> str:
   shown = ", ".join(f"{name}={values[name]}" for name in bad)
-  last = checkpointer.latest_step()
+  last = checkpointer.newest_verified_step()
   kept = (f"the last good checkpoint is step {last} in {checkpointer.directory}"
-          if last is not None else "no checkpoint was saved before it")
+          if last is not None else "no checkpoint that verifies was saved before it")
   return (f"training stopped at step {step}: non-finite {', '.join(bad)} ({shown}); {kept}. "
           "Resume from it with a lower lr, stronger clip_norm or float32 compute.")
