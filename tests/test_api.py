@@ -15,7 +15,7 @@ def lm():
 
 def test_policies_lists_every_registered_policy():
   assert memjax.policies() == ["full", "window", "streaming", "h2o", "tova", "snapkv",
-                               "keydiff", "knorm", "random", "learned"]
+                               "keydiff", "knorm", "random", "learned", "oracle"]
 
 
 def test_generate_text_ids_and_batches(lm):
