@@ -62,6 +62,20 @@ def _export_gates(args) -> None:
         f"memjax.load(..., gates={str(path)!r}) or `memjax eval ... gates={path}`")
 
 
+def _validate(args) -> None:
+  from memjax.train.validation import BEST_GATES, validate_run
+
+  rows = validate_run(args.run_dir, n_cases=args.cases, kept_fraction=args.kept,
+                      seq_len=args.seq_len)
+  for row in rows:
+    print(f"step {row['step']:>6}: accuracy {100 * row['accuracy']:5.1f}%  fact/prose "
+          f"half-life {row['half_life_ratio']:.2f} ({row['fact_half_life']:.0f} / "
+          f"{row['prose_half_life']:.0f} tokens)")
+  if rows:
+    best = max(rows, key=lambda r: (r["accuracy"], -r["step"]))
+    print(f"best: step {best['step']}; its gates: {pathlib.Path(args.run_dir) / BEST_GATES}")
+
+
 def _reproduce(args) -> None:
   from memjax import reproduce
 
@@ -105,6 +119,15 @@ def parser() -> argparse.ArgumentParser:
   ex.add_argument("--out", required=True, help="gate file to write (.npz)")
   ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
   ex.set_defaults(run=_export_gates)
+
+  va = add_command("validate", help="score every checkpoint of a TRIM-KV run on training-like "
+                   "retrieval cases; export the best one's gates")
+  va.add_argument("run_dir", help="output_dir of a `memjax train` run with method trim_kv")
+  va.add_argument("--cases", type=int, default=32, help="validation cases")
+  va.add_argument("--kept", type=float, default=0.25, help="kept fraction of each context")
+  va.add_argument("--seq-len", type=int, default=None,
+                  help="tokens per case (default: the run's seq_len)")
+  va.set_defaults(run=_validate)
 
   gen = add_command("generate", help="generate text under a KV budget")
   gen.add_argument("prompt")

@@ -204,3 +204,50 @@ def test_loss_weights_and_given_teacher_logits():
   for weights, want in [((0, 1, 0), metrics["kl"]),
                         ((1, 0, 2), metrics["ce"] + 2 * metrics["capacity"])]:
     np.testing.assert_allclose(loss_fn(gates, params, toks, weights=weights)[0], want, rtol=1e-6)
+
+
+def test_capacity_loss_with_a_kept_fraction_matches_numpy():
+  """memory_ratio r: the budget at step t is max(M, r (t + 1)), the excess divided by t − M_t."""
+  log_beta = random_log_beta(np.random.default_rng(6), (1, 2, 40, 2)) * 0.05
+  memory_m, ratio = 4, 0.25
+  sums = np_capacity_sums(log_beta)
+  budget = lambda t: max(memory_m, ratio * (t + 1))
+  terms = [max(sums[l, b, t, h] - budget(t), 0) / max(t - budget(t), 1)
+           for l in range(1) for b in range(2) for t in range(40) for h in range(2)
+           if sums[l, b, t, h] > budget(t)]
+  assert terms and any(budget(t) > memory_m for t in range(40) if t > 20)
+  got = capacity_loss(jnp.asarray(log_beta), memory_m, block=8, memory_ratio=ratio)
+  np.testing.assert_allclose(got, np.mean(terms), rtol=1e-5)
+  assert float(got) != float(capacity_loss(jnp.asarray(log_beta), memory_m, block=8))
+
+
+def np_log_softmax(x):
+  x = np.asarray(x, np.float64)
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_answer_weighted_loss_adds_the_answer_span_terms():
+  """loss = D(all) + w · D(answer) + capacity, D = mean(CE, KL), in numpy from the logits."""
+  cfg, params, gates = gated_tiny_model(bias_init=3.0)
+  toks = tokens(4)
+  answer = np.zeros(toks.shape, bool)
+  answer[0, -5:] = True  # row 1 has no answer: only row 0's last 5 targets count
+  loss_fn = jax.jit(functools.partial(trimkv_loss, cfg=cfg, memory_M=8, impl="reference",
+                                      answer_weight=3.0))
+  loss, metrics = loss_fn(gates, params, toks, answer_BxT=answer)
+  student = np_log_softmax(forward_gated(add_gates(params, gates), toks, cfg,
+                                         impl="reference")[0])[:, :-1]
+  teacher = np_log_softmax(llama.forward(params, toks, cfg))[:, :-1]
+  ce = -np.take_along_axis(student, toks[:, 1:, None], -1)[..., 0]
+  kl = (np.exp(teacher) * (teacher - student)).sum(-1)
+  on = answer[:, 1:]
+  np.testing.assert_allclose(metrics["answer_ce"], ce[on].mean(), rtol=1e-4)
+  np.testing.assert_allclose(metrics["answer_kl"], kl[on].mean(), rtol=1e-3)
+  want = ((ce.mean() + kl.mean()) / 2 + 3.0 * (ce[on].mean() + kl[on].mean()) / 2
+          + float(metrics["capacity"]))
+  np.testing.assert_allclose(loss, want, rtol=1e-4)
+  _, none = loss_fn(gates, params, toks, answer_BxT=np.zeros(toks.shape, bool))
+  assert float(none["answer_ce"]) == 0.0 and float(none["answer_kl"]) == 0.0
+  with pytest.raises(ValueError, match="answer mask"):
+    trimkv_loss(gates, params, toks, cfg, memory_M=8, answer_weight=1.0)

@@ -8,7 +8,7 @@ import pytest
 from memjax.data import retrieval
 from memjax.data.corpus import load_corpus
 from memjax.train import data as train_data
-from memjax.train.data import PROSE, RECALL, RETRIEVAL, ByteTokenizer, TrainData
+from memjax.train.data import PROSE, RECALL, RETRIEVAL, TEMPLATES, ByteTokenizer, TrainData
 
 TOK = ByteTokenizer()
 FACT = re.compile(r"Remember: the ([a-z]+ number) assigned to ([A-Z][a-z]+ [A-Z][a-z]+) is (\d+)\.")
@@ -148,3 +148,31 @@ def test_too_short_sequences_and_corpora_are_errors(text):
   assert _data(text, seq_len=128, synthetic_fraction=0.0).batch(0)["tokens"].shape == (8, 128)
   with pytest.raises(ValueError, match="fewer than seq_len=320"):
     _data("Too short. Really.")
+
+
+def test_answer_mask_fact_marks_and_templates(text):
+  """Every template appears; the answer mask covers exactly the value and its closing
+  punctuation; fact marks cover exactly the fact sentences; validation cases are fixed."""
+  data = _data(text, seq_len=400, batch_size=16, synthetic_fraction=1.0, recall_fraction=0.0,
+              fact_templates=len(TEMPLATES))
+  seen = set()
+  for i in range(12):
+    row = data.retrieval_case(i)
+    decoded = TOK.decode(row.tokens.tolist())
+    answer = TOK.decode(row.tokens[len(row.tokens) - row.answer_tokens:].tolist())
+    assert answer.strip().startswith(row.value) and answer.rstrip().endswith(".")
+    facts = TOK.decode(row.tokens[row.fact_marks].tolist())
+    assert row.value in facts and decoded.count(row.value) >= 2
+    for fact, _, kind in TEMPLATES:
+      if fact.split("{")[0].strip() in facts:
+        seen.add(kind)
+    again = data.retrieval_case(i)
+    np.testing.assert_array_equal(again.tokens, row.tokens)
+  assert seen == {kind for _, _, kind in TEMPLATES}
+  batch = data.batch(0)
+  for tokens, answer in zip(batch["tokens"], batch["answer"]):
+    assert answer.sum() > 0 and answer[-1] and not answer[:len(answer) // 2].any()
+  prose = _data(text, seq_len=256, batch_size=4, synthetic_fraction=0.0).batch(0)
+  assert not prose["answer"].any()
+  with pytest.raises(ValueError, match="fact_templates"):
+    _data(text, seq_len=256, batch_size=1, fact_templates=9)

@@ -57,6 +57,16 @@ def build_model(cfg: TrainConfig, key: jax.Array) -> tuple[ModelConfig, Params, 
   return model_cfg, params, tokenizer
 
 
+def _keys(cfg: TrainConfig) -> tuple[jax.Array, jax.Array]:
+  """(model key, method key) of a run, from cfg.seed."""
+  return tuple(jax.random.split(jax.random.key(cfg.seed, impl="rbg")))
+
+
+def run_model(cfg: TrainConfig) -> tuple[ModelConfig, Params, TokenizerLike]:
+  """The model a run trains on (for "tiny", the same random weights as `setup_run`)."""
+  return build_model(cfg, _keys(cfg)[0])
+
+
 class RunSetup(NamedTuple):
   """What a run trains: the loss, the params split in two, the data and the model's shapes."""
   loss_fn: LossFn
@@ -80,7 +90,7 @@ def setup_run(cfg: TrainConfig) -> RunSetup:
   default one on CPU.
   """
   method = get_method(cfg.method.name)
-  model_key, method_key = jax.random.split(jax.random.key(cfg.seed, impl="rbg"))
+  model_key, method_key = _keys(cfg)
   model_cfg, params, tokenizer = build_model(cfg, model_key)
   added = jax.jit(lambda key: method.new_params(model_cfg, cfg, key))(method_key)
   trainable, frozen = partition(merge(added, params),

@@ -87,7 +87,8 @@ def validate(params, cfg, tokenizer, cases: Sequence[RetrievalRow], kept_fractio
     marks = [r.fact_marks[:len(c)].astype(int).tolist() for r, c in zip(batch, contexts)]
     answers = generate_ids(params, cfg, list(contexts), policy=policy, budget=budget,
                            questions=list(questions), max_new_tokens=longest_answer,
-                           prefill_chunk=prefill_chunk, eos_id=tokenizer.eos_id,
+                           prefill_chunk=prefill_chunk,
+                           eos_id=getattr(tokenizer, "eos_id", None),
                            marks=marks if policy == "oracle" else None)
     correct += [tokenizer.decode(a).strip().startswith(r.value) for r, a in zip(batch, answers)]
   metrics = {"accuracy": float(np.mean(correct))}
@@ -130,8 +131,8 @@ def validate_run(run_dir: str | pathlib.Path, n_cases: int = 32, kept_fraction: 
   Returns:
     The rows of these settings, by step.
   """
-  from memjax.lm import load
   from memjax.train.export import export_gates
+  from memjax.train.run import run_model
 
   run_dir = pathlib.Path(run_dir)
   cfg = load_train_config(str(run_dir / "config.yaml"))
@@ -144,13 +145,13 @@ def validate_run(run_dir: str | pathlib.Path, n_cases: int = 32, kept_fraction: 
   steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
   todo = [s for s in steps if s not in done]
   if todo:
-    lm = load(cfg.model)
-    cases = validation_cases(lm.tokenizer, cfg, n_cases, seq_len)
+    model_cfg, model_params, tokenizer = run_model(cfg)
+    cases = validation_cases(tokenizer, cfg, n_cases, seq_len)
     writer = _summary_writer_class()(str(run_dir / "tensorboard"))
     for step in tqdm(todo, desc="validate checkpoints", disable=not progress):
       trainable, _ = load_trainable(checkpoints, step)
-      params = add_gates(lm.params, trainable["layers"]["gate"])
-      row = {"step": step, **validate(params, lm.cfg, lm.tokenizer, cases, kept_fraction,
+      params = add_gates(model_params, trainable["layers"]["gate"])
+      row = {"step": step, **validate(params, model_cfg, tokenizer, cases, kept_fraction,
                                       batch_size=batch_size), **settings}
       with log_path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
