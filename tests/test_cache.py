@@ -53,7 +53,9 @@ def test_full_appends_in_place_up_to_an_exact_capacity(capacity):
                   length=st.integers(1, 45))
 def test_never_more_than_budget_and_clock_counts_tokens(name, budget, schedule, seed, length):
   cfg, params = tiny_model()
-  policy = get_policy(name, **({"window": 4} if name == "snapkv" else {}))
+  small = {"snapkv": {"window": 4}, "lagkv": {"lag": 4}, "compactor": {"tile": 8},
+           "non_causal_attn": {"tile": 8}}
+  policy = get_policy(name, **small.get(name, {}))
   per_layer = budgets_lib.layer_budgets(budget, cfg.n_layers, schedule)
   toks = tokens(seed, t=45)
   rows = [toks[0, :length].tolist(), toks[1].tolist()]

@@ -35,9 +35,11 @@ def random_inputs(seed):
 
 
 def candidates(x, stats=None, layer=0):
+  """The view a policy scores (values = 2k, the random keys standing in for pre-RoPE keys)."""
   return Candidates(k=jnp.asarray(x["k"]), pos=jnp.asarray(x["pos"]),
                     stats=jnp.asarray(x["stats"] if stats is None else stats),
-                    t=jnp.asarray(x["t"]), layer=jnp.int32(layer), capacity=S)
+                    t=jnp.asarray(x["t"]), layer=jnp.int32(layer), capacity=S,
+                    v=jnp.asarray(x["k"]) * 2, k_pre=jnp.asarray(x["k"]))
 
 
 def np_score(name, x, policy):
@@ -145,7 +147,8 @@ def test_evict_keeps_exactly_the_top_scores(name):
   policy = get_policy(name, **({"window": 3} if name == "snapkv" else {}))
   cands = kv_cache.LayerCache(k=jnp.asarray(x["k"]), v=jnp.asarray(x["k"]) * 2,
                               pos=jnp.asarray(x["pos"]), stats=jnp.asarray(x["stats"]))
-  kept = kv_cache.evict(cands, policy, jnp.asarray(x["t"]), jnp.int32(0), S)
+  kept = kv_cache.evict(cands, policy, jnp.asarray(x["t"]), jnp.int32(0), S,
+                        k_pre=jnp.asarray(x["k"]))
   scores = np.asarray(policy.score(candidates(x)))
   for b in range(B):
     for h in range(HKV):

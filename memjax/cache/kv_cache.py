@@ -119,9 +119,22 @@ def keep_best(cands: LayerCache, scores_BxHkvxN: jax.Array, capacity: int) -> La
                     stats=take(cands.stats))
 
 
+def candidates_view(cands: LayerCache, policy: Policy, t_end_B: jax.Array, layer: jax.Array,
+                    capacity: int, k_pre: jax.Array | None = None) -> Candidates:
+  """What `policy` sees of the candidates: values and pre-RoPE keys only if it reads them.
+
+  k_pre: [B, Hkv, N, Dh] keys before RoPE, required by a policy with `needs_pre_rope_keys`.
+  """
+  if policy.needs_pre_rope_keys and k_pre is None:
+    raise ValueError(f"policy {policy.name!r} reads pre-RoPE keys; pass k_pre to evict")
+  return Candidates(k=cands.k, pos=cands.pos, stats=cands.stats, t=t_end_B, layer=layer,
+                    capacity=capacity, v=cands.v if policy.needs_values else None,
+                    k_pre=k_pre if policy.needs_pre_rope_keys else None)
+
+
 def evict(cands: LayerCache, policy: Policy, t_end_B: jax.Array, layer: jax.Array,
-          capacity: int) -> LayerCache:
-  """Score the candidates with `policy` and keep the best `capacity` of them."""
-  view = Candidates(k=cands.k, pos=cands.pos, stats=cands.stats, t=t_end_B, layer=layer,
-                    capacity=capacity)
+          capacity: int, k_pre: jax.Array | None = None) -> LayerCache:
+  """Score the candidates with `policy` and keep the best `capacity` of them
+  (`k_pre` as in `candidates_view`)."""
+  view = candidates_view(cands, policy, t_end_B, layer, capacity, k_pre)
   return keep_best(cands, policy.score(view), capacity)

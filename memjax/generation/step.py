@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from memjax.cache import kv_cache
 from memjax.cache.kv_cache import LayerCache, ModelCache
 from memjax.cache.policies import Policy
+from memjax.cache.policies.base import Chunk
 from memjax.models import llama
 from memjax.models.config import ModelConfig
 from memjax.retention import gate
@@ -40,10 +41,32 @@ def _attend_slots(q, cache: LayerCache, positions_BxC, attend: Attend, with_prob
   return out, (slot_mass_BxHkvxCxN[:, :, None] if with_probs else None)
 
 
+def _unrotate(x_BxHxNxDh: jax.Array, pos_BxHxN: jax.Array, rope_theta: float) -> jax.Array:
+  """Keys (or queries) before RoPE: rotated back by -position (RoPE is a rotation)."""
+  b, h, n, d = x_BxHxNxDh.shape
+  flat = llama.rope(x_BxHxNxDh.reshape(b * h, n, 1, d), -pos_BxHxN.reshape(b * h, n),
+                    rope_theta)
+  return flat.reshape(b, h, n, d)
+
+
+def _chunk_view(policy: Policy, q, h, positions_BxC, valid_BxC, rope_theta: float) -> Chunk:
+  """The chunk as `policy.observe_chunk` reads it (queries and hidden states only if asked)."""
+  q_pre = None
+  if policy.needs_queries:
+    q_bhcd = einops.rearrange(q, "b c h d -> b h c d")
+    pos_BxHqxC = jnp.broadcast_to(positions_BxC[:, None, :], q_bhcd.shape[:3])
+    q_pre = einops.rearrange(_unrotate(q_bhcd, pos_BxHqxC, rope_theta), "b h c d -> b c h d")
+  return Chunk(positions=positions_BxC, valid=valid_BxC, rope_theta=rope_theta,
+               q=q if policy.needs_queries else None, q_pre=q_pre,
+               h=h if policy.needs_hidden else None)
+
+
 def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
-                 attend: Attend, marks_BxC: jax.Array | None = None):
+                 attend: Attend, marks_BxC: jax.Array | None = None, *,
+                 rope_theta: float):
   """A `llama.Mixer` that attends over cache ∪ chunk and then evicts down to the budget
-  (or, for a policy that never evicts, appends the chunk in place and attends over that)."""
+  (or, for a policy that never evicts, appends the chunk in place and attends over that).
+  `rope_theta` recovers pre-RoPE keys and queries for the policies that read them."""
 
   def mix(p, h, q, k, v, positions_BxC, state):
     cache, layer = state
@@ -72,7 +95,13 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
     out, probs = _attend_slots(q, cands, positions_BxC, attend,
                                policy.needs_attention)
     cands = cands._replace(stats=policy.observe(cands.stats, probs, valid_BxC))
-    return out, (kv_cache.evict(cands, policy, t_end_B, layer, cache.capacity), layer)
+    k_pre = (_unrotate(cands.k, cands.pos, rope_theta) if policy.needs_pre_rope_keys
+             else None)
+    if policy.observes_chunk:
+      view = kv_cache.candidates_view(cands, policy, t_end_B, layer, cache.capacity, k_pre)
+      chunk = _chunk_view(policy, q, h, positions_BxC, valid_BxC, rope_theta)
+      cands = cands._replace(stats=policy.observe_chunk(view, chunk))
+    return out, (kv_cache.evict(cands, policy, t_end_B, layer, cache.capacity, k_pre), layer)
 
   return mix
 
@@ -100,7 +129,7 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
   t_end_B = cache.t + jnp.sum(valid_BxC, axis=1, dtype=jnp.int32)
   attend = functools.partial(mesh_kernels.decode_attention, backend=cfg.attention_impl,
                              mesh=mesh, rules=rules)
-  mix = _cache_mixer(policy, valid_BxC, t_end_B, attend, marks_BxC)
+  mix = _cache_mixer(policy, valid_BxC, t_end_B, attend, marks_BxC, rope_theta=cfg.rope_theta)
   x = llama.embed(params, tokens_BxC, cfg)
   groups, start = [], 0
   for group in cache.groups:

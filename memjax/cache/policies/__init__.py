@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from memjax.cache.policies.base import Candidates, Policy
+from memjax.cache.policies.base import Candidates, Chunk, Policy
+from memjax.cache.policies.compactor import Compactor
+from memjax.cache.policies.cur import CUR
+from memjax.cache.policies.expected_attention import ExpectedAttention
 from memjax.cache.policies.full import Full
 from memjax.cache.policies.h2o import H2O
 from memjax.cache.policies.keydiff import KeyDiff
 from memjax.cache.policies.knorm import KNorm
+from memjax.cache.policies.lagkv import LagKV
 from memjax.cache.policies.learned import Learned
+from memjax.cache.policies.leverage import Leverage
+from memjax.cache.policies.non_causal_attn import NonCausalAttn
 from memjax.cache.policies.oracle import Oracle
 from memjax.cache.policies.random import Random
 from memjax.cache.policies.snapkv import SnapKV
@@ -19,8 +25,8 @@ from memjax.cache.policies.window import Window
 
 REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (Full, Window, Streaming, H2O, TOVA, SnapKV, KeyDiff, KNorm, Random, Learned,
-                Oracle)
+    for cls in (Full, Window, Streaming, H2O, TOVA, SnapKV, KeyDiff, KNorm, Random, Leverage,
+                NonCausalAttn, Compactor, ExpectedAttention, CUR, LagKV, Learned, Oracle)
 }
 
 
@@ -51,5 +57,5 @@ def get_policy(name: str | Policy, **hyper) -> Policy:
   return cls(**hyper)
 
 
-__all__ = ["Candidates", "Policy", "REGISTRY", "get_policy", "heuristic_policy_names",
+__all__ = ["Candidates", "Chunk", "Policy", "REGISTRY", "get_policy", "heuristic_policy_names",
            "policy_names"]
