@@ -15,7 +15,9 @@ def lm():
 
 def test_policies_lists_every_registered_policy():
   assert memjax.policies() == ["full", "window", "streaming", "h2o", "tova", "snapkv",
-                               "keydiff", "knorm", "random", "learned", "oracle"]
+                               "keydiff", "knorm", "random", "leverage", "non_causal_attn",
+                               "compactor", "expected_attention", "cur", "lagkv", "learned",
+                               "oracle"]
 
 
 def test_generate_text_ids_and_batches(lm):

@@ -1,0 +1,165 @@
+"""memjax's kvpress-family policies against the kvpress presses of the same name.
+
+Same model (SmolLM2-135M, the same GGUF file in both), same cases (single-needle retrieval,
+~2,000 tokens), same token ids, query-agnostic (the question is appended after compression),
+greedy, 7 new tokens; kept fractions 25% and 12.5%. memjax compresses at every 512-token
+prefill chunk and at every decode step within a budget of S slots; kvpress prefills the
+whole context and compresses once to the same kept fraction.
+
+Rows are appended to a JSONL as each (framework, policy, fraction) cell finishes, so an
+interrupted run resumes; the markdown table is rewritten from the JSONL at the end.
+
+  nice -n 15 python experiments/kvpress_agreement.py              # 8 cases per cell
+  python experiments/kvpress_agreement.py --table-only            # rewrite the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import pathlib
+import time
+
+import numpy as np
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+# memjax policy -> kvpress press class (kvpress 0.5.5), both at their default hyper-parameters.
+PRESSES = {"full": None, "streaming": "StreamingLLMPress", "leverage": "LeverageScorePress",
+           "non_causal_attn": "NonCausalAttnPress", "compactor": "CompactorPress",
+           "expected_attention": "ExpectedAttentionPress", "cur": "CURPress",
+           "lagkv": "LagKVPress"}
+CONTEXT_TOKENS, DEPTHS, SEED, MAX_NEW, CHUNK = 2000, [0.1, 0.3, 0.5, 0.7, 0.9], 0, 7, 512
+
+
+def load_cells(path: pathlib.Path) -> dict[tuple, dict]:
+  """Finished cells by (framework, policy, fraction)."""
+  if not path.exists():
+    return {}
+  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return {(r["framework"], r["policy"], r["fraction"]): r for r in rows}
+
+
+def run_memjax(lm, cases, policy: str, fraction: float | None) -> list[str]:
+  """Greedy answers of memjax under `policy` at a budget of fraction · 2,000 slots per layer."""
+  from memjax.eval.harness import budget_tokens
+  from memjax.generation.generate import generate_ids
+  contexts = [lm.tokenizer.encode(c.context) for c in cases]
+  questions = [lm.tokenizer.encode(c.question) for c in cases]
+  budget = None if fraction is None else budget_tokens(fraction, CONTEXT_TOKENS)
+  answers = generate_ids(lm.params, lm.cfg, contexts, policy=policy, budget=budget,
+                         questions=questions, max_new_tokens=MAX_NEW, prefill_chunk=CHUNK,
+                         eos_id=lm.tokenizer.eos_id)
+  return [lm.tokenizer.decode(a) for a in answers]
+
+
+def run_kvpress(hf_model, lm, cases, policy: str, fraction: float | None) -> list[str]:
+  """Greedy answers of transformers + the kvpress press (compression_ratio = 1 - fraction),
+  following kvpress's pipeline: prefill the context under the press, then the question at
+  positions after the original context, then greedy decoding."""
+  import kvpress
+  import torch
+  from transformers import DynamicCache
+  press = None
+  if PRESSES[policy] is not None:
+    press = getattr(kvpress, PRESSES[policy])(compression_ratio=1.0 - fraction)
+  out = []
+  for case in cases:
+    ctx = torch.tensor([lm.tokenizer.encode(case.context)])
+    ids = torch.tensor([lm.tokenizer.encode(case.question)])
+    cache, n_ctx = DynamicCache(), ctx.shape[1]
+    with torch.no_grad():
+      with press(hf_model) if press is not None else contextlib.nullcontext():
+        hf_model.model(input_ids=ctx, past_key_values=cache)
+      position = n_ctx
+      generated = []
+      for _ in range(MAX_NEW):
+        positions = torch.arange(position, position + ids.shape[1])[None]
+        logits = hf_model(input_ids=ids, past_key_values=cache, position_ids=positions).logits
+        token = int(logits[0, -1].argmax())
+        if token == lm.tokenizer.eos_id:
+          break
+        generated.append(token)
+        position += ids.shape[1]
+        ids = torch.tensor([[token]])
+    out.append(lm.tokenizer.decode(generated))
+  return out
+
+
+def agreement_table(cells: dict[tuple, dict]) -> str:
+  """Markdown: accuracy of each policy in memjax and kvpress, and per-case agreement."""
+  lines = ["| policy | kept | memjax (per chunk) | kvpress (once after prefill) | same outcome |",
+           "|---|---|---|---|---|"]
+  for policy in PRESSES:
+    for fraction in ([None] if policy == "full" else [0.25, 0.125]):
+      m, k = cells.get(("memjax", policy, fraction)), cells.get(("kvpress", policy, fraction))
+      if m is None and k is None:
+        continue
+      acc = lambda r: "–" if r is None else f"{sum(r['scores']):.0f}/{len(r['scores'])}"
+      same = "–"
+      if m is not None and k is not None:
+        same = f"{sum(a == b for a, b in zip(m['scores'], k['scores']))}/{len(m['scores'])}"
+      kept = "100%" if fraction is None else f"{fraction:.1%}".replace(".0%", "%")
+      lines.append(f"| `{policy}` | {kept} | {acc(m)} | {acc(k)} | {same} |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--n-cases", type=int, default=8)
+  parser.add_argument("--policies", nargs="*", default=list(PRESSES))
+  parser.add_argument("--frameworks", nargs="*", default=["memjax", "kvpress"])
+  parser.add_argument("--jsonl", type=pathlib.Path, default=RESULTS / "kvpress_agreement.jsonl")
+  parser.add_argument("--table-only", action="store_true")
+  args = parser.parse_args()
+  cells = load_cells(args.jsonl)
+  if not args.table_only:
+    import memjax
+    from memjax.data import retrieval
+    lm = memjax.load("smollm2-135m")
+    cases = retrieval.make_cases("single", args.n_cases, CONTEXT_TOKENS, DEPTHS, lm.tokenizer,
+                                 SEED)
+    hf_model = None
+    for policy in args.policies:
+      for fraction in ([None] if policy == "full" else [0.25, 0.125]):
+        for framework in args.frameworks:
+          if (framework, policy, fraction) in cells:
+            continue
+          start = time.time()
+          if framework == "memjax":
+            answers = run_memjax(lm, cases, policy, fraction)
+          else:
+            if hf_model is None:
+              hf_model = load_hf_model()
+            answers = run_kvpress(hf_model, lm, cases, policy, fraction)
+          row = dict(framework=framework, policy=policy, fraction=fraction,
+                     scores=[retrieval.score_answer(c, a) for c, a in zip(cases, answers)],
+                     answers=answers, seconds=round(time.time() - start, 1))
+          with args.jsonl.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+          cells[(framework, policy, fraction)] = row
+          print(f"{framework:8s} {policy:20s} {fraction} {sum(row['scores']):.0f}/"
+                f"{len(row['scores'])} ({row['seconds']} s)", flush=True)
+  table = agreement_table(cells)
+  out = RESULTS / "kvpress_agreement.md"
+  header = (RESULTS / "kvpress_agreement_notes.md").read_text() if (
+      RESULTS / "kvpress_agreement_notes.md").exists() else ""
+  out.write_text(header.replace("{{TABLE}}", table) if "{{TABLE}}" in header else table + "\n")
+  print(table)
+
+
+def load_hf_model():
+  """transformers' Llama from the same GGUF file memjax loads, float32, 2 threads."""
+  import torch
+  from transformers import AutoModelForCausalLM
+  from memjax.io.registry import find_model
+  torch.set_num_threads(2)
+  path = find_model("smollm2-135m")
+  model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                               dtype=torch.float32)
+  return model.eval()
+
+
+if __name__ == "__main__":
+  np.set_printoptions(precision=3)
+  main()
