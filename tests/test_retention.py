@@ -251,3 +251,22 @@ def test_answer_weighted_loss_adds_the_answer_span_terms():
   assert float(none["answer_ce"]) == 0.0 and float(none["answer_kl"]) == 0.0
   with pytest.raises(ValueError, match="answer mask"):
     trimkv_loss(gates, params, toks, cfg, memory_M=8, answer_weight=1.0)
+
+
+def test_fact_fade_term_is_the_mean_decay_of_fact_tokens_across_the_row():
+  cfg, params, gates = gated_tiny_model(bias_init=3.0)
+  toks = tokens(5)
+  fact = np.zeros(toks.shape, bool)
+  fact[0, 3:9] = fact[1, 20:22] = True
+  loss_fn = jax.jit(functools.partial(trimkv_loss, cfg=cfg, memory_M=8, impl="reference"),
+                    static_argnames="fact_weight")
+  base, _ = loss_fn(gates, params, toks)
+  loss, metrics = loss_fn(gates, params, toks, fact_BxT=fact, fact_weight=0.5)
+  log_beta = np.asarray(forward_gated(add_gates(params, gates), toks, cfg,
+                                      impl="reference")[1])  # [L, B, T, Hkv]
+  want = np.mean(-log_beta[:, fact] * toks.shape[1])
+  np.testing.assert_allclose(metrics["fact_fade"], want, rtol=1e-5)
+  np.testing.assert_allclose(loss, base + 0.5 * want, rtol=1e-5)
+  grads = jax.grad(lambda g: loss_fn(g, params, toks, fact_BxT=fact, fact_weight=0.5)[0]
+                   - loss_fn(g, params, toks)[0])(gates)
+  assert float(np.sum(grads["bias"])) < 0, "the fade term raises the gates' retention"

@@ -1,13 +1,15 @@
 """The TRIM-KV objective: distil the frozen model into its gated self under a memory budget.
 
-    loss = D(all tokens) + w_ans · D(answer tokens) + w_cap · capacity
+    loss = D(all tokens) + w_ans · D(answer tokens) + w_cap · capacity + w_fact · fade
     D = (w_ce · CE + w_kl · KL) / (w_ce + w_kl)
 
 CE is the student's next-token cross-entropy, KL the forward KL(teacher ‖ student) per
 token, capacity the hinge on S_t above the budget M (`capacity.capacity_loss`). D(answer
 tokens) averages over the answer spans of synthetic rows only (the tokens that need a fact
-from far back); with w_ans = 0 (the default) the loss is the paper's. With the
-default weights (1, 1, 1) this is the paper's mean(CE, KL) + λ·capacity with λ = 1;
+from far back). fade supervises the gates directly where the data knows what must last: the
+mean over layers, heads and the fact tokens of synthetic rows of −log β · T, the log of how
+much a fact fades across the row (0 when β = 1). With w_ans = w_fact = 0 (the defaults) the
+loss is the paper's: with weights (1, 1, 1) it is mean(CE, KL) + λ·capacity with λ = 1;
 ablations zero a weight (e.g. (1, 0, 1) is CE + capacity). The teacher is the same
 frozen model without gates. Only the gates train: they are the first, differentiated
 argument, and the frozen params pass through `stop_gradient`.
@@ -67,6 +69,7 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
                 block: int = 128, remat: bool = False, mesh: Mesh | None = None,
                 rules: Rules | None = None, answer_BxT: jax.Array | None = None,
                 answer_weight: float = 0.0, memory_ratio: float = 0.0,
+                fact_BxT: jax.Array | None = None, fact_weight: float = 0.0,
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The TRIM-KV loss of the gates on one batch; differentiate w.r.t. `gate_params` only.
 
@@ -84,14 +87,20 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
       when answer_weight > 0.
     answer_weight: w_ans, the weight of the distillation terms on the answer span.
     memory_ratio: if > 0, the capacity budget is M_t = max(memory_M, memory_ratio · (t + 1)).
+    fact_BxT: bool, True on the tokens that must be kept (synthetic rows' facts); needed
+      when fact_weight > 0.
+    fact_weight: w_fact, the weight of the fade term.
 
   Returns:
     loss: float32 scalar.
-    metrics: float32 scalars "ce", "kl", "capacity" (unweighted), and with answer_weight
-      > 0 "answer_ce", "answer_kl" (0 for a batch without answers).
+    metrics: float32 scalars "ce", "kl", "capacity" (unweighted), with answer_weight > 0
+      "answer_ce", "answer_kl", with fact_weight > 0 "fact_fade" (0 for a batch without
+      answers or facts).
   """
   if answer_weight > 0 and answer_BxT is None:
     raise ValueError("answer_weight > 0 needs the answer mask (answer_BxT)")
+  if fact_weight > 0 and fact_BxT is None:
+    raise ValueError("fact_weight > 0 needs the fact mask (fact_BxT)")
   frozen_params = jax.lax.stop_gradient(frozen_params)
   logits_BxTxV, log_beta_LxBxTxHkv = forward_gated(
       gate.add_gates(frozen_params, gate_params), tokens_BxT, cfg, impl=impl, block=block,
@@ -114,4 +123,9 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
     metrics["answer_ce"] = masked_mean(ce_BxT1, on_answer)
     metrics["answer_kl"] = masked_mean(kl_BxT1, on_answer)
     loss = loss + answer_weight * mix(metrics["answer_ce"], metrics["answer_kl"])
+  if fact_weight > 0:
+    fade_LxBxTxHkv = -log_beta_LxBxTxHkv * tokens_BxT.shape[1]
+    on_fact = jnp.broadcast_to(fact_BxT[None, :, :, None], fade_LxBxTxHkv.shape)
+    metrics["fact_fade"] = masked_mean(fade_LxBxTxHkv, on_fact)
+    loss = loss + fact_weight * metrics["fact_fade"]
   return loss, metrics

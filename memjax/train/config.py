@@ -34,6 +34,9 @@ class TrimKVConfig:
     memory_ratio: if > 0, the capacity budget grows with the position, M_t = max(memory_M,
       ratio · (t + 1)) (the kept fraction the evaluation uses, memory_M its floor) instead of
       the fixed memory_M.
+    fact_weight: weight of a direct supervision of the gates on the synthetic rows' fact
+      tokens (the batch's "fact" mask): the mean of −log β · T over them, the log of how
+      much a fact fades across a row. 0: pure distillation, as in the paper.
   """
 
   memory_M: int = 512
@@ -46,12 +49,14 @@ class TrimKVConfig:
   block: int = 128
   answer_weight: float = 0.0
   memory_ratio: float = 0.0
+  fact_weight: float = 0.0
 
   def __post_init__(self):
     for field in ("memory_M", "gate_hidden", "block"):
       if getattr(self, field) < 1:
         raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
-    if min(self.ce_weight, self.kl_weight, self.capacity_weight, self.answer_weight) < 0:
+    if min(self.ce_weight, self.kl_weight, self.capacity_weight, self.answer_weight,
+           self.fact_weight) < 0:
       raise ValueError("loss weights must be >= 0")
     if not 0 <= self.memory_ratio < 1:
       raise ValueError(f"memory_ratio must lie in [0, 1) (0: use memory_M), got "

@@ -106,8 +106,10 @@ class ByteTokenizer:
 
 class TrainData:
   """Batches {"tokens": int32 [B, T], "kind": int32 [B] (PROSE, RETRIEVAL or RECALL),
-  "answer": bool [B, T]} (True on the answer span of a synthetic row: the value and full
-  stop after "A: ...", or the recited span; all False in prose rows).
+  "answer": bool [B, T], "fact": bool [B, T]}: "answer" is True on the answer span of a
+  synthetic row (the value and full stop after "A: ...", or the recited span), "fact" on
+  what the answer needs from far back (the fact sentences, or the memorize span); both all
+  False in prose rows.
 
   Args:
     tokenizer: has `encode` and `decode`; special tokens it adds around every text are
@@ -152,26 +154,29 @@ class TrainData:
   def batch(self, index: int) -> dict[str, np.ndarray]:
     """Batch number `index` (0-based); the same for the same seed and index."""
     rows = [self._row(index, r) for r in range(self.batch_size)]
-    return {"tokens": np.stack([tokens for tokens, _, _ in rows]),
-            "kind": np.array([kind for _, kind, _ in rows], np.int32),
-            "answer": np.stack([answer for _, _, answer in rows])}
+    return {"tokens": np.stack([row[0] for row in rows]),
+            "kind": np.array([row[1] for row in rows], np.int32),
+            "answer": np.stack([row[2] for row in rows]),
+            "fact": np.stack([row[3] for row in rows])}
 
-  def _row(self, index: int, r: int) -> tuple[np.ndarray, int, np.ndarray]:
-    """(tokens [T], kind, answer [T]: True on the tokens of the answer span)."""
+  def _row(self, index: int, r: int) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """(tokens [T], kind, answer [T], fact [T]): masks of the answer span and of what must
+    be kept to answer (the fact sentences, or the span to memorize)."""
     rng = np.random.default_rng([self.seed, _ROW_STREAM, index, r])
     if rng.random() >= self.synthetic_fraction:
-      return self._prose(index * self.batch_size + r), PROSE, np.zeros(self.seq_len, bool)
+      none = np.zeros(self.seq_len, bool)
+      return self._prose(index * self.batch_size + r), PROSE, none, none
     if rng.random() < self.recall_fraction:
-      return self._with_kind(self._recall(rng), RECALL)
+      tokens, n_answer, marks = self._recall(rng)
+      return tokens, RECALL, self._last(n_answer), marks
     row = self._retrieval(rng)
-    return self._with_kind((row.tokens, row.answer_tokens), RETRIEVAL)
+    return row.tokens, RETRIEVAL, self._last(row.answer_tokens), row.fact_marks
 
-  def _with_kind(self, row: tuple[np.ndarray, int], kind: int):
-    """(tokens, kind, answer mask) of a synthetic row whose last n_answer tokens answer."""
-    tokens, n_answer = row
-    answer = np.zeros(self.seq_len, bool)
-    answer[self.seq_len - n_answer:] = True
-    return tokens, kind, answer
+  def _last(self, n: int) -> np.ndarray:
+    """bool [T]: True on the last n tokens."""
+    mask = np.zeros(self.seq_len, bool)
+    mask[self.seq_len - n:] = True
+    return mask
 
   def _prose(self, g: int) -> np.ndarray:
     """The g-th prose window in the seeded order (epoch g // n_windows)."""
@@ -210,13 +215,17 @@ class TrainData:
       fact_marks[start:start + len(fact)] = True
     return RetrievalRow(tokens, len(prompt), len(answer), values[asked], fact_marks)
 
-  def _recall(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """(row, tokens of the recited span at the end)."""
+  def _recall(self, rng: np.random.Generator) -> tuple[np.ndarray, int, np.ndarray]:
+    """(row, tokens of the recited span at the end, bool [T] marks of the memorized span)."""
     n = int(rng.integers(RECALL_SPAN[0], self._max_span + 1))
     first = int(rng.integers(np.searchsorted(self.starts, len(self.ids) - n, "right")))
     span = self.ids[self.starts[first]:self.starts[first] + n]
     memorize = np.concatenate([self._encode(MEMORIZE[0]), span, self._encode(MEMORIZE[1])])
-    return self._compose(rng, [memorize], np.concatenate([self._encode(RECITE), span]))[0], n
+    tokens, (start,) = self._compose(rng, [memorize],
+                                     np.concatenate([self._encode(RECITE), span]))
+    marks = np.zeros(self.seq_len, bool)
+    marks[start:start + len(memorize)] = True
+    return tokens, n, marks
 
   def _compose(self, rng: np.random.Generator, inserts: list[np.ndarray],
                tail: np.ndarray) -> tuple[np.ndarray, list[int]]:

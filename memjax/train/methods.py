@@ -163,7 +163,7 @@ def trim_kv_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
   """`memjax.retention.trimkv_loss` of the gates on batch["tokens"], settings from cfg.
 
   Metrics: "ce", "kl" and "capacity" (unweighted), plus "answer_ce" and "answer_kl" with
-  an answer weight.
+  an answer weight and "fact_fade" with a fact weight.
   """
   compute_cfg = dataclasses.replace(model_cfg, dtype=cfg.compute_dtype)
   settings = cfg.method.trim_kv
@@ -180,7 +180,8 @@ def trim_kv_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
         weights=(settings.ce_weight, settings.kl_weight, settings.capacity_weight),
         impl=settings.attention, block=settings.block, remat=cfg.remat, **on_mesh,
         answer_BxT=batch.get("answer"), answer_weight=settings.answer_weight,
-        memory_ratio=settings.memory_ratio)
+        memory_ratio=settings.memory_ratio, fact_BxT=batch.get("fact"),
+        fact_weight=settings.fact_weight)
 
   return loss_fn
 
