@@ -45,6 +45,20 @@ def token_kl(teacher_logits_BxTxV: jax.Array, student_logits_BxTxV: jax.Array) -
   return jnp.sum(jnp.exp(teacher_logp) * (teacher_logp - student_logp), axis=-1)
 
 
+def topk_kl(teacher_ids_BxTxK: jax.Array, teacher_logp_BxTxK: jax.Array,
+            student_logits_BxTxV: jax.Array) -> jax.Array:
+  """float32 [B, T]: KL(teacher ‖ student) over the teacher's top k tokens and one bucket
+  for the rest of the vocabulary, in nats (≤ the full KL; equal when the top k hold all the
+  teacher's mass)."""
+  student_logp = jax.nn.log_softmax(student_logits_BxTxV.astype(jnp.float32), axis=-1)
+  s_top = jnp.take_along_axis(student_logp, teacher_ids_BxTxK, axis=-1)
+  t_top = teacher_logp_BxTxK.astype(jnp.float32)
+  rest = lambda logp: jnp.log(jnp.clip(1.0 - jnp.sum(jnp.exp(logp), axis=-1), 1e-12, 1.0))
+  t_rest, s_rest = rest(t_top), rest(s_top)
+  return (jnp.sum(jnp.exp(t_top) * (t_top - s_top), axis=-1)
+          + jnp.exp(t_rest) * (t_rest - s_rest))
+
+
 def forward_kl(teacher_logits_BxTxV: jax.Array, student_logits_BxTxV: jax.Array) -> jax.Array:
   """Mean over tokens of KL(teacher ‖ student), in nats."""
   return jnp.mean(token_kl(teacher_logits_BxTxV, student_logits_BxTxV))
@@ -70,6 +84,7 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
                 rules: Rules | None = None, answer_BxT: jax.Array | None = None,
                 answer_weight: float = 0.0, memory_ratio: float = 0.0,
                 fact_BxT: jax.Array | None = None, fact_weight: float = 0.0,
+                teacher_topk: tuple[jax.Array, jax.Array] | None = None,
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The TRIM-KV loss of the gates on one batch; differentiate w.r.t. `gate_params` only.
 
@@ -80,6 +95,9 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
     memory_M: the KV budget M (tokens per layer and head) of the capacity term.
     weights: Python floats (w_ce, w_kl, w_cap), see the module docstring.
     teacher_logits: float32 [B, T, V] of the ungated model, if already computed.
+    teacher_topk: (ids int32 [B, T, k], log-probabilities [B, T, k]) of the ungated model's
+      top k next tokens (`memjax.train.teacher`): the teacher is not run and the KL is
+      `topk_kl` (coarsened to those k tokens plus the rest).
     impl, block, remat: passed to `decayed_attention` (block also tiles the capacity sums).
     mesh, rules: under a `jit` sharded on `mesh`, Pallas attention runs per device block
       (student and teacher).
@@ -105,10 +123,14 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
   logits_BxTxV, log_beta_LxBxTxHkv = forward_gated(
       gate.add_gates(frozen_params, gate_params), tokens_BxT, cfg, impl=impl, block=block,
       remat=remat, mesh=mesh, rules=rules)
-  if teacher_logits is None:
-    teacher_logits = llama.forward(frozen_params, tokens_BxT, cfg, mesh=mesh, rules=rules)
+  if teacher_topk is not None:
+    ids, logp = (jax.lax.stop_gradient(a) for a in teacher_topk)
+    kl_BxT1 = topk_kl(ids, logp, logits_BxTxV)[:, :-1]
+  else:
+    if teacher_logits is None:
+      teacher_logits = llama.forward(frozen_params, tokens_BxT, cfg, mesh=mesh, rules=rules)
+    kl_BxT1 = token_kl(jax.lax.stop_gradient(teacher_logits), logits_BxTxV)[:, :-1]
   ce_BxT1 = token_ce(logits_BxTxV, tokens_BxT)
-  kl_BxT1 = token_kl(jax.lax.stop_gradient(teacher_logits), logits_BxTxV)[:, :-1]
   metrics = {
       "ce": jnp.mean(ce_BxT1),
       "kl": jnp.mean(kl_BxT1),

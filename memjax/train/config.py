@@ -37,6 +37,12 @@ class TrimKVConfig:
     fact_weight: weight of a direct supervision of the gates on the synthetic rows' fact
       tokens (the batch's "fact" mask): the mean of −log β · T over them, the log of how
       much a fact fades across a row. 0: pure distillation, as in the paper.
+    teacher_topk: if > 0, the frozen teacher's top-k next-token log-probabilities are
+      computed once per batch index and kept on disk (memjax.train.teacher), so steps run
+      only the student and the KL is taken over those k tokens plus the rest; 0 runs the
+      teacher in every step (the exact KL).
+    teacher_cache_dir: where those outputs live; default `output_dir`/teacher_top<k>. Runs
+      with the same model, data settings and seed can share one directory.
   """
 
   memory_M: int = 512
@@ -50,8 +56,12 @@ class TrimKVConfig:
   answer_weight: float = 0.0
   memory_ratio: float = 0.0
   fact_weight: float = 0.0
+  teacher_topk: int = 0
+  teacher_cache_dir: str | None = None
 
   def __post_init__(self):
+    if self.teacher_topk < 0:
+      raise ValueError(f"teacher_topk must be >= 0 (0: run the teacher), got {self.teacher_topk}")
     for field in ("memory_M", "gate_hidden", "block"):
       if getattr(self, field) < 1:
         raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")

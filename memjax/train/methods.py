@@ -181,7 +181,9 @@ def trim_kv_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
         impl=settings.attention, block=settings.block, remat=cfg.remat, **on_mesh,
         answer_BxT=batch.get("answer"), answer_weight=settings.answer_weight,
         memory_ratio=settings.memory_ratio, fact_BxT=batch.get("fact"),
-        fact_weight=settings.fact_weight)
+        fact_weight=settings.fact_weight,
+        teacher_topk=(batch["teacher_ids"], batch["teacher_logp"])
+        if "teacher_ids" in batch else None)
 
   return loss_fn
 

@@ -111,6 +111,20 @@ def run(cfg: TrainConfig, progress: bool = False) -> TrainState:
   initialize_distributed(cfg.mesh)
   parts = setup_run(cfg)
   dump_config(cfg, str(pathlib.Path(cfg.output_dir) / "config.yaml"))
-  return train(cfg, parts.loss_fn, parts.trainable, parts.frozen, parts.data.iterator(),
+  return train(cfg, parts.loss_fn, parts.trainable, parts.frozen, batches(cfg, parts),
                progress=progress, model_cfg=parts.model_cfg)
+
+
+def batches(cfg: TrainConfig, parts: RunSetup):
+  """The run's batch iterator: with `method.trim_kv.teacher_topk`, batches also carry the
+  teacher's cached top-k outputs (memjax.train.teacher)."""
+  settings = cfg.method.trim_kv
+  if cfg.method.name != "trim_kv" or not settings.teacher_topk:
+    return parts.data.iterator()
+  from memjax.train.teacher import cached_teacher_batches
+  directory = (settings.teacher_cache_dir
+               or pathlib.Path(cfg.output_dir) / f"teacher_top{settings.teacher_topk}")
+  teacher_cfg = dataclasses.replace(parts.model_cfg, dtype=cfg.compute_dtype)
+  return cached_teacher_batches(parts.data.iterator(), llama.cast_params(parts.frozen, teacher_cfg),
+                                teacher_cfg, settings.teacher_topk, directory)
 
