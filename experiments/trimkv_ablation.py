@@ -13,6 +13,10 @@ command picks up where it stopped. Results go to DIR (default experiments/result
 trimkv_ablations.rows.jsonl, and .md, .csv, .png with every ablation run so far and its
 final training losses. `python experiments/trimkv_report.py` puts them in trimkv_smollm2.md.
 
+The committed rows (trimkv_ablations.*) were trained from the first recipe (the config as of
+commit ca250c8: fixed M, no answer weighting, no fact supervision, one fact template); the
+current recipe's variants are compared by experiments/trimkv_variants.py instead.
+
 --small trains 2 steps of 128 tokens and evaluates 2 cases of ~300 tokens: a smoke test of a
 few minutes per ablation on a CPU; give it its own --out and --runs.
 """
