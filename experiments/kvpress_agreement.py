@@ -185,6 +185,19 @@ def load_hf_model():
   path = find_model("smollm2-135m")
   model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                dtype=torch.float32)
+  # kvpress 0.5.5's hooks read kwargs["past_key_values"] and kwargs["cache_position"], which
+  # transformers 5.x no longer passes to attention modules (the cache comes as `cache`):
+  # supply both, the positions counting on from what the layer has cached.
+  def alias_cache(module, args, kwargs):
+    cache = kwargs.get("past_key_values", kwargs.get("cache"))
+    if cache is not None and "cache_position" not in kwargs:
+      past = cache.get_seq_length(module.layer_idx)
+      kwargs = dict(kwargs, past_key_values=cache, cache_position=torch.arange(
+          past, past + kwargs["hidden_states"].shape[1]))
+    return args, kwargs
+
+  for layer in model.model.layers:
+    layer.self_attn.register_forward_pre_hook(alias_cache, with_kwargs=True)
   return model.eval()
 
 
