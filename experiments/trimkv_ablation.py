@@ -52,17 +52,24 @@ EVAL = ["policies=[learned]", "budgets=[0.25]", "perplexity=true"]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("names", nargs="*", help=f"some of {', '.join(ABLATIONS)}, or all")
+  return parse_names(argv, __doc__, ABLATIONS, RESULTS, RUNS)
+
+
+def parse_names(argv: list[str] | None, doc: str, choices, results: pathlib.Path,
+                runs: pathlib.Path, more=lambda parser: None) -> argparse.Namespace:
+  """NAME ... (some of `choices`, or all), --small, --out, --runs and what `more` adds."""
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+  parser.add_argument("names", nargs="*", help=f"some of {', '.join(choices)}, or all")
   parser.add_argument("--small", action="store_true", help="tiny settings (a smoke test)")
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="results directory")
-  parser.add_argument("--runs", type=pathlib.Path, default=RUNS,
+  parser.add_argument("--out", type=pathlib.Path, default=results, help="results directory")
+  parser.add_argument("--runs", type=pathlib.Path, default=runs,
                       help="training runs (checkpoints, metrics) go to RUNS/NAME")
+  more(parser)
   args = parser.parse_args(argv)
-  unknown = sorted(set(args.names) - {*ABLATIONS, "all"})
+  unknown = sorted(set(args.names) - {*choices, "all"})
   if unknown:
-    parser.error(f"unknown ablation(s) {unknown}; choose from {[*ABLATIONS, 'all']}")
-  args.names = list(ABLATIONS) if "all" in args.names else args.names
+    parser.error(f"unknown name(s) {unknown}; choose from {[*choices, 'all']}")
+  args.names = list(choices) if "all" in args.names else args.names
   return args
 
 

@@ -83,10 +83,12 @@ def plot_validation(rows: dict[str, list[dict]], path: pathlib.Path) -> None:
   """Validation accuracy and fact/prose half-life ratio against the training step."""
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
   for name, runs in rows.items():
-    runs = sorted(runs, key=lambda r: r["step"])
-    steps = [r["step"] for r in runs]
-    axes[0].plot(steps, [100 * r["accuracy"] for r in runs], marker="o", label=name)
-    axes[1].plot(steps, [r["half_life_ratio"] for r in runs], marker="o", label=name)
+    for sinks in sorted({r.get("n_sink", 0) for r in runs}):
+      line = sorted((r for r in runs if r.get("n_sink", 0) == sinks), key=lambda r: r["step"])
+      steps = [r["step"] for r in line]
+      label = f"{name}, {sinks} sinks"
+      axes[0].plot(steps, [100 * r["accuracy"] for r in line], marker="o", label=label)
+      axes[1].plot(steps, [r["half_life_ratio"] for r in line], marker="o", label=label)
   axes[0].set(title="validation retrieval @ 25% (%)", xlabel="step", ylim=(0, 100))
   axes[1].set(title="fact / prose median half-life", xlabel="step", yscale="log")
   axes[0].legend(fontsize=8)
@@ -237,13 +239,13 @@ def main() -> int:
   plot_heads(log_beta, RESULTS / "trimkv_heads.png")
   plot_tokens(log_beta, needle, RESULTS / "trimkv_tokens.png")
   stats = retention_stats(log_beta, needle)
-  validation_table = ["| run | step | accuracy (%) | fact / prose half-life | fact, prose "
-                      "half-life (tokens) |", "|---|---:|---:|---:|---:|"]
+  validation_table = ["| run | step | learned's sinks | accuracy (%) | fact / prose half-life "
+                      "| fact, prose half-life (tokens) |", "|---|---:|---:|---:|---:|---:|"]
   for name, runs in validation.items():
-    for r in sorted(runs, key=lambda r: r["step"]):
+    for r in sorted(runs, key=lambda r: (r.get("n_sink", 0), r["step"])):
       validation_table.append(
-          f"| {name} | {r['step']} | {100 * r['accuracy']:.1f} | {r['half_life_ratio']:.2f} | "
-          f"{r['fact_half_life']:.0f}, {r['prose_half_life']:.0f} |")
+          f"| {name} | {r['step']} | {r.get('n_sink', 0)} | {100 * r['accuracy']:.1f} | "
+          f"{r['half_life_ratio']:.2f} | {r['fact_half_life']:.0f}, {r['prose_half_life']:.0f} |")
   parts = [
       "# TRIM-KV learned retention gates on SmolLM2-135M",
       "",

@@ -23,6 +23,9 @@ import json
 import pathlib
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from trimkv_ablation import parse_names  # noqa: E402
+
 TRAIN_CONFIG = "configs/trimkv_smollm2.yaml"
 RUNS = pathlib.Path("runs/trimkv_variants")
 RESULTS = pathlib.Path("experiments/results")
@@ -47,20 +50,9 @@ BOUNDS = ["full", "oracle", "keydiff", "streaming", "h2o", "snapkv", "tova", "wi
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("names", nargs="*", help=f"some of {', '.join(VARIANTS)}, or all")
-  parser.add_argument("--small", action="store_true", help="tiny settings (a smoke test)")
-  parser.add_argument("--bounds", action="store_true",
-                      help="also score full cache, the oracle and the heuristics on the cases")
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="results directory")
-  parser.add_argument("--runs", type=pathlib.Path, default=RUNS,
-                      help="training runs go to RUNS/NAME")
-  args = parser.parse_args(argv)
-  unknown = sorted(set(args.names) - {*VARIANTS, "all"})
-  if unknown:
-    parser.error(f"unknown variant(s) {unknown}; choose from {[*VARIANTS, 'all']}")
-  args.names = list(VARIANTS) if "all" in args.names else args.names
-  return args
+  return parse_names(argv, __doc__, VARIANTS, RESULTS, RUNS, lambda parser: parser.add_argument(
+      "--bounds", action="store_true",
+      help="also score full cache, the oracle and the heuristics on the cases"))
 
 
 def variant_config(name: str, small: bool, runs: pathlib.Path):

@@ -40,13 +40,20 @@ def test_scores_equal_log_beta_times_age():
   stats = -rng.exponential(0.5, size=(b, h, n)).astype(np.float32)
   c = Candidates(k=jnp.zeros((b, h, n, 4)), pos=jnp.asarray(pos), stats=jnp.asarray(stats),
                  t=jnp.asarray(t), layer=jnp.int32(0), capacity=8)
-  got = np.asarray(get_policy("learned").score(c))
+  got = np.asarray(get_policy("learned", n_sink=0).score(c))
+  guarded = np.asarray(get_policy("learned", n_sink=3, n_recent=4).score(c))
   for i in range(b):
     for head in range(h):
       for slot in range(n):
-        if pos[i, head, slot] >= 0:
-          want = stats[i, head, slot] * (t[i] - pos[i, head, slot])
+        p = pos[i, head, slot]
+        if p >= 0:
+          want = stats[i, head, slot] * (t[i] - p)
           np.testing.assert_allclose(got[i, head, slot], want, rtol=1e-6)
+          protected = p < 3 or p >= t[i] - 4
+          assert (guarded[i, head, slot] == np.inf) == protected
+          if not protected:
+            np.testing.assert_allclose(guarded[i, head, slot], want, rtol=1e-6)
+  assert get_policy("learned", n_sink=3, n_recent=4).protected_slots(8) == 7
 
 
 def test_fresh_stats_are_the_gate_log_beta():
@@ -99,7 +106,8 @@ def test_planted_token_is_kept_by_learned_and_evicted_by_window():
   np.testing.assert_allclose(others, jax.nn.log_sigmoid(-5.0), atol=1e-3)
 
   s, t = 8, toks.shape[1]
-  _, learned = budgeted_logprobs(gated, cfg, toks, get_policy("learned"), [s, s], chunk=4)
+  _, learned = budgeted_logprobs(gated, cfg, toks, get_policy("learned", n_sink=0), [s, s],
+                                chunk=4)
   _, window = budgeted_logprobs(gated, cfg, toks, get_policy("window"), [s, s], chunk=4)
   pos_learned = np.asarray(learned.groups[0].pos)  # [L, B, Hkv, S]
   pos_window = np.asarray(window.groups[0].pos)
@@ -200,7 +208,8 @@ def test_tiny_training_learns_to_keep_what_the_teacher_attends_to():
   # this test was written).
   half_life_BxTxHkv = np.log(0.5) / log_beta_LxBxTxHkv[0]
   assert (half_life_BxTxHkv[:, 3] > 2 * half_life_BxTxHkv[:, 4:].mean(axis=1)).all()
-  _, learned = budgeted_logprobs(gated, cfg, toks, get_policy("learned"), [s, s], chunk=4)
+  _, learned = budgeted_logprobs(gated, cfg, toks, get_policy("learned", n_sink=0), [s, s],
+                                chunk=4)
   _, window = budgeted_logprobs(gated, cfg, toks, get_policy("window"), [s, s], chunk=4)
   assert (np.asarray(learned.groups[0].pos)[0] == 3).any(axis=-1).all()  # every row and head
   assert not (np.asarray(window.groups[0].pos)[0] == 3).any()

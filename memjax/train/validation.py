@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from memjax.cache.policies import get_policy
 from memjax.data.corpus import load_corpus
 from memjax.generation.generate import generate_ids
 from memjax.retention import add_gates
@@ -122,7 +123,8 @@ def validate_run(run_dir: str | pathlib.Path, n_cases: int = 32, kept_fraction: 
   """Validate every checkpoint of a TRIM-KV run that `validation.jsonl` does not hold yet.
 
   Appends {"step", "accuracy", "fact_half_life", "prose_half_life", "half_life_ratio",
-  "n", "kept_fraction", "seq_len"} per checkpoint to run_dir/validation.jsonl (and
+  "n", "kept_fraction", "seq_len", "n_sink"} per checkpoint (n_sink: the `learned` policy's
+  protected sinks, its default) to run_dir/validation.jsonl (and
   TensorBoard "validation/<name>"), then exports the gates of the most accurate step (the
   earliest among ties) to run_dir/best_gates.npz. Rows of other settings (n_cases,
   kept_fraction, seq_len) are kept but not compared. Resumable: a rerun only validates new
@@ -137,10 +139,12 @@ def validate_run(run_dir: str | pathlib.Path, n_cases: int = 32, kept_fraction: 
   run_dir = pathlib.Path(run_dir)
   cfg = load_train_config(str(run_dir / "config.yaml"))
   checkpoints = pathlib.Path(cfg.checkpoint_dir or run_dir / "checkpoints")
-  settings = {"n": n_cases, "kept_fraction": kept_fraction, "seq_len": seq_len or cfg.seq_len}
+  settings = {"n": n_cases, "kept_fraction": kept_fraction, "seq_len": seq_len or cfg.seq_len,
+              "n_sink": get_policy("learned").n_sink}
   log_path = run_dir / VALIDATION_JSONL
+  # Rows written before "n_sink" was recorded were scored without sinks.
   rows = [r for r in (read_jsonl(log_path) if log_path.exists() else [])
-          if all(r.get(k) == v for k, v in settings.items())]
+          if all(r.get(k, 0 if k == "n_sink" else None) == v for k, v in settings.items())]
   done = {r["step"] for r in rows}
   steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
   todo = [s for s in steps if s not in done]
