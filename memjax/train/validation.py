@@ -118,8 +118,8 @@ def half_life_stats(params, cfg, cases: Sequence[RetrievalRow],
 
 
 def validate_run(run_dir: str | pathlib.Path, n_cases: int = 32, kept_fraction: float = 0.25,
-                 seq_len: int | None = None, batch_size: int = 8,
-                 progress: bool = True) -> list[dict[str, Any]]:
+                 seq_len: int | None = None, batch_size: int = 8, progress: bool = True,
+                 steps: Sequence[int] | None = None) -> list[dict[str, Any]]:
   """Validate every checkpoint of a TRIM-KV run that `validation.jsonl` does not hold yet.
 
   Appends {"step", "accuracy", "fact_half_life", "prose_half_life", "half_life_ratio",
@@ -146,8 +146,8 @@ def validate_run(run_dir: str | pathlib.Path, n_cases: int = 32, kept_fraction: 
   rows = [r for r in (read_jsonl(log_path) if log_path.exists() else [])
           if all(r.get(k, 0 if k == "n_sink" else None) == v for k, v in settings.items())]
   done = {r["step"] for r in rows}
-  steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-  todo = [s for s in steps if s not in done]
+  saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+  todo = [s for s in saved if s not in done and (steps is None or s in steps)]
   if todo:
     model_cfg, model_params, tokenizer = run_model(cfg)
     cases = validation_cases(tokenizer, cfg, n_cases, seq_len)
