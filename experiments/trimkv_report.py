@@ -55,21 +55,22 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
 def saved_rows(file: str, copy: pathlib.Path, runs: dict[str, pathlib.Path]) -> dict[str, list]:
   """Run name -> rows of runs/<run>/`file`; refreshed into `copy` when the runs are present,
   else read from it."""
-  found = {name: read_jsonl(path / file) for name, path in runs.items()}
-  found = {name: rows for name, rows in found.items() if rows}
-  if found:
-    copy.write_text("".join(json.dumps(dict(row, run=name)) + "\n"
-                            for name, rows in found.items() for row in rows))
   saved: dict[str, list[dict]] = {}
   for row in read_jsonl(copy):
     saved.setdefault(row.pop("run"), []).append(row)
+  found = {name: read_jsonl(path / file) for name, path in runs.items()}
+  found = {name: rows for name, rows in found.items() if rows}
+  if found:  # runs present replace their saved rows; the others' rows are kept
+    saved.update(found)
+    copy.write_text("".join(json.dumps(dict(row, run=name)) + "\n"
+                            for name, rows in saved.items() for row in rows))
   return saved
 
 
 def training_metrics() -> dict[str, list[dict]]:
   """Run name -> logged training metrics (main, no_fact_supervision, first-recipe ablations)."""
   runs = {"main": MAIN_RUN, "no_fact_supervision": NO_FACT_RUN,
-          **{name: RUNS / name for name in ABLATIONS}}
+          **{name: RUNS / name for name in ABLATIONS}}  # "first_recipe": the previous gates' run
   return saved_rows("metrics.jsonl", TRAIN_METRICS, runs)
 
 
@@ -289,7 +290,10 @@ def main() -> int:
       "",
       "![validation](trimkv_validation.png)",
       "",
-      "Variants of the recipe on the short schedule: [trimkv_variants.md](trimkv_variants.md).",
+      "The short-schedule variant loop (`experiments/trimkv_variants.py`: one switch at a time, "
+      "60 steps of 512 tokens, scored like this table) is built and smoke-tested, but its "
+      "variants were not run in this session: the CPU went to the two long runs above, whose "
+      "difference is the fact supervision.",
       "",
       "![training curves](trimkv_training.png)",
       "",
@@ -338,8 +342,10 @@ READING = (
     "(3) the new data and capacity target (four templates, two domains, M_t = max(128, t/4), "
     "answer weight 1) are in both runs, so they are not separated here; the previous gates "
     "with sinks answer 28.1%. Perplexity under the budget also improved (37.7 at 25%, from "
-    "45.6): facts and sinks are kept, and among the rest the gates keep mostly recent "
-    "tokens.")
+    "45.6): 61% of the kept slots hold the most recent quarter of the passage, the needle's "
+    "digits are kept in 97% of the layer-heads (median half-life 16,700 tokens against 522 "
+    "for other tokens). The sinks are the policy's: the gates themselves keep token 0 in only 3% of "
+    "the layer-heads (below), which is why `n_sink` protects them.")
 
 
 if __name__ == "__main__":
