@@ -71,7 +71,8 @@ def test_shipped_gates_are_small_and_fit_smollm2(smollm2_path):
     path = SHIPPED_DIR / filename
     assert path.stat().st_size <= 10e6
     gates, meta = load_gates(name, cfg, model=model)
-    assert meta["model"] == model and meta["step"] == meta["train_config"]["steps"]
+    # The best validated checkpoint ships, not necessarily the last step of the schedule.
+    assert meta["model"] == model and 0 < meta["step"] <= meta["train_config"]["steps"]
     assert np.all(gates["bias"] < 12)  # trained away from any large initial bias
 
 
