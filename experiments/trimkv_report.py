@@ -35,8 +35,6 @@ from trimkv_ablation import ABLATIONS, RUNS, SHORT, markdown_table, summarise  #
 from memjax.eval import report  # noqa: E402
 
 RESULTS = pathlib.Path("experiments/results")
-EVAL_ROWS = RESULTS / "trimkv_eval.rows.jsonl"
-TECHNICAL_ROWS = RESULTS / "trimkv_eval_technical.rows.jsonl"
 ABLATION_ROWS = RESULTS / "trimkv_ablations.rows.jsonl"
 MAIN_RUN = pathlib.Path("runs/trimkv_fact")
 NO_FACT_RUN = pathlib.Path("runs/trimkv_smollm2")
@@ -200,8 +198,26 @@ def plot_tokens(log_beta_LxTxHkv: np.ndarray, needle: tuple[int, int],
   plt.close(fig)
 
 
+def current_rows(config: str) -> list[dict]:
+  """The rows of `config`'s row log made with its settings and, for `learned`, with the gates
+  it names now (older gates' rows stay in the log but are not reported); its .md, .csv and
+  plot are rewritten from them."""
+  from memjax.config import load_config
+  from memjax.eval.config import EvalConfig
+  from memjax.eval.harness import fingerprint, gates_id
+
+  cfg = load_config(EvalConfig, config)
+  log = RESULTS / f"{cfg.name}.rows.jsonl"
+  fp, gates = fingerprint(cfg), gates_id(cfg)
+  rows = [r for r in read_jsonl(log) if r.get("fingerprint") == fp
+          and (r["policy"] != "learned" or r.get("gates") == gates)]
+  report.write_report(rows, cfg)
+  return rows
+
+
 def target_lines(rows: list[dict], label: str) -> list[str]:
   """The targets against what `rows` (one eval's rows) measured at ~2,000 tokens."""
+  rows = [r for r in rows if r["task"] == "perplexity" or r["context_tokens"] == SAMPLE_CONTEXT]
   acc = {(r["policy"], r["budget"]): r["accuracy"] for r in rows if "accuracy" in r}
   full = acc.get(("full", None))
   lines = []
@@ -230,7 +246,8 @@ def target_lines(rows: list[dict], label: str) -> list[str]:
 
 
 def main() -> int:
-  rows, technical = read_jsonl(EVAL_ROWS), read_jsonl(TECHNICAL_ROWS)
+  rows = current_rows("configs/trimkv_eval.yaml")
+  technical = current_rows("configs/trimkv_eval_technical.yaml")
   metrics = training_metrics()
   validation = validation_rows()
   plot_training(metrics, RESULTS / "trimkv_training.png")
