@@ -507,16 +507,20 @@ def _cli_error(capsys, argv) -> str:
   return _one_error_line(capsys.readouterr().err, argv[0])
 
 
-@pytest.mark.parametrize("text, message", [
-    ("steps: 10\nlr: [1, 2\nseed: 3\n", r"bad.yaml:3:5: invalid YAML: expected ',' or ']'"),
-    ("steps: 10\n  lr: 3\n", r"bad.yaml:2:5: invalid YAML: mapping values are not allowed"),
-    ("steps: 'ten\n", r"bad.yaml:\d+:\d+: invalid YAML"),
-    ("- steps\n", r"bad.yaml must hold a mapping of config keys, not list"),
-    ("lrr: 1\n", r"unknown config key 'lrr' in bad.yaml; did you mean 'lr'\?"),
+@pytest.mark.parametrize("name, text, message", [
+    ("bad.yaml", "steps: 10\nlr: [1, 2\nseed: 3\n", r"bad.yaml:3:5: invalid YAML: expected ',' or ']'"),
+    ("bad.yaml", "steps: 10\n  lr: 3\n", r"bad.yaml:2:5: invalid YAML: mapping values are not allowed"),
+    ("bad.yaml", "steps: 'ten\n", r"bad.yaml:\d+:\d+: invalid YAML"),
+    ("bad.yaml", "- steps\n", r"bad.yaml must hold a mapping of config keys, not list"),
+    ("bad.yaml", "lrr: 1\n", r"unknown config key 'lrr' in bad.yaml; did you mean 'lr'\?"),
+    ("bad.gin", "TrainConfig.lr = = 3\n", r"bad.gin:1: gin syntax error: Unable to parse value"),
+    ("bad.gin", "TrainConfig.steps = 5\nTrainConfig.lr = [1,\n", r"bad.gin:3: gin syntax error: EOF"),
+    ("bad.gin", "include 'missing.gin'\n", r"bad.gin:1: `include 'missing.gin'`: no such file"),
+    ("bad.gin", "TrainConfg.lr = 1e-3\n", r"bad.gin:1: No configurable matching 'TrainConfg'"),
 ])
-def test_yaml_errors_name_the_file_and_line(quiet_cli, capsys, text, message):
-  pathlib.Path("bad.yaml").write_text(text)
-  assert re.search(message, _cli_error(capsys, ["train", "bad.yaml"]))
+def test_config_syntax_errors_name_the_file_and_line(quiet_cli, capsys, name, text, message):
+  pathlib.Path(name).write_text(text)
+  assert re.search(message, _cli_error(capsys, ["train", name]))
 
 
 @pytest.mark.parametrize("override, message", [
@@ -542,17 +546,6 @@ def test_path_errors_name_the_path(quiet_cli, capsys, tmp_path):
   line = _cli_error(capsys, ["train", str(ROOT / "configs/train_tiny.yaml"),
                              "output_dir=blocker/run", *TINY_FAST])
   assert "Not a directory" in line and "blocker/run" in line
-
-
-@pytest.mark.parametrize("text, message", [
-    ("TrainConfig.lr = = 3\n", r"bad.gin:1: gin syntax error: Unable to parse value"),
-    ("TrainConfig.steps = 5\nTrainConfig.lr = [1,\n", r"bad.gin:3: gin syntax error: EOF"),
-    ("include 'missing.gin'\n", r"bad.gin:1: `include 'missing.gin'`: no such file"),
-    ("TrainConfg.lr = 1e-3\n", r"bad.gin:1: No configurable matching 'TrainConfg'"),
-])
-def test_gin_errors_name_the_file_and_line(quiet_cli, capsys, text, message):
-  pathlib.Path("bad.gin").write_text(text)
-  assert re.search(message, _cli_error(capsys, ["train", "bad.gin"]))
 
 
 def test_gin_imports_are_refused_unless_allowed(quiet_cli, capsys, tmp_path, monkeypatch):

@@ -42,14 +42,15 @@ def _answer_cases(lm: LanguageModel, cases, policy: str, budget: int | None,
     batch = cases[start:start + cfg.batch_size]
     contexts = [lm.tokenizer.encode(c.context) for c in batch]
     questions = [lm.tokenizer.encode(c.question) for c in batch]
+    pol = get_policy(policy)
     marks = None
-    if get_policy(policy).uses_marks:  # the oracle keeps the needles' own tokens
+    if pol.uses_marks:  # the oracle keeps the needles' own tokens
       marks = [retrieval.needle_marks(c, lm.tokenizer) for c in batch]
       on_mesh = {}
     if cfg.query_aware:
       contexts, questions = [c + q for c, q in zip(contexts, questions)], None
       marks = marks and [m + [0] * (len(c) - len(m)) for m, c in zip(marks, contexts)]
-    answers = generate_ids(lm.params, lm.cfg, contexts, policy=get_policy(policy), budget=budget,
+    answers = generate_ids(lm.params, lm.cfg, contexts, policy=pol, budget=budget,
                            budget_schedule=cfg.budget_schedule, questions=questions,
                            max_new_tokens=cfg.max_new_tokens, prefill_chunk=cfg.prefill_chunk,
                            eos_id=lm.tokenizer.eos_id, marks=marks, **on_mesh)

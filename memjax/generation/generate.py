@@ -82,16 +82,14 @@ def resolve_budgets(cfg: ModelConfig, policy: Policy, budget: int | None, total_
 def _first_logits(chunk_fn, params, cache, rows, chunk_len, marks=None):
   """Feed rows through in chunks; return each row's logits after its last token, and the cache.
 
-  `marks` (rows of 0/1 flags like `rows`, or all zeros when None) go with the tokens,
-  chunk by chunk, for a policy that reads them (`uses_marks`).
+  `marks` (rows of 0/1 flags like `rows`) go with the tokens, chunk by chunk, for a policy
+  that reads them (`uses_marks`); None for every other policy.
   """
   last_logits = None
-  reads_marks = marks is not None
-  mark_chunks = chunks(marks if reads_marks else rows, chunk_len)
+  mark_chunks = chunks(marks, chunk_len) if marks is not None else None
   for tokens, valid in chunks(rows, chunk_len):
-    marks_BxC = next(mark_chunks)[0]
-    logits, cache = (chunk_fn(params, cache, tokens, valid, None, marks_BxC) if reads_marks
-                     else chunk_fn(params, cache, tokens, valid))
+    extra = () if mark_chunks is None else (None, next(mark_chunks)[0])
+    logits, cache = chunk_fn(params, cache, tokens, valid, *extra)
     logits = np.asarray(logits)
     has_tokens = valid.any(axis=1)[:, None]
     last_logits = logits if last_logits is None else np.where(has_tokens, logits, last_logits)
@@ -150,6 +148,8 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
   seed = checks.integer("seed", seed, 0)
   eos_id = checks.optional_integer("eos_id", eos_id, 0)
   policy = get_policy(policy)
+  if policy.uses_marks and marks is None:
+    raise ValueError(f"policy {policy.name!r} needs marks= (0/1 per prompt token)")
   if marks is not None and [len(m) for m in marks] != [len(p) for p in prompts]:
     raise ValueError("marks need one row per prompt with one flag per prompt token")
   if marks is not None and mesh is not None:
@@ -162,8 +162,6 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
   chunk_fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "last_logits", mesh,
                                               rules)
 
-  if policy.uses_marks and marks is None:
-    raise ValueError(f"policy {policy.name!r} needs marks= (0/1 per prompt token)")
   unmarked = lambda rows: [[0] * len(r) for r in rows] if policy.uses_marks else None
   logits, cache = _first_logits(chunk_fn, params, cache, prompts, prefill_chunk,
                                 marks if policy.uses_marks else None)

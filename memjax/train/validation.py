@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from memjax.cache.policies import get_policy
+from memjax.cache.policies import Policy, get_policy
 from memjax.data.corpus import load_corpus
 from memjax.generation.generate import generate_ids
 from memjax.retention import add_gates
@@ -61,7 +61,7 @@ def _split(row: RetrievalRow) -> tuple[list[int], list[int]]:
 
 
 def validate(params, cfg, tokenizer, cases: Sequence[RetrievalRow], kept_fraction: float,
-             policy: str = "learned", batch_size: int = 8, prefill_chunk: int = 256,
+             policy: str | Policy = "learned", batch_size: int = 8, prefill_chunk: int = 256,
              half_lives: bool = True) -> dict[str, float]:
   """Retrieval accuracy of `policy` keeping `kept_fraction` of each context, and (for gated
   params, `half_lives`) the retention statistics of the gates.
@@ -85,12 +85,13 @@ def validate(params, cfg, tokenizer, cases: Sequence[RetrievalRow], kept_fractio
     contexts, questions = zip(*(_split(r) for r in batch))
     budget = max(1, round(kept_fraction * max(len(c) for c in contexts)))
     longest_answer = max(r.answer_tokens for r in batch)
-    marks = [r.fact_marks[:len(c)].astype(int).tolist() for r, c in zip(batch, contexts)]
+    marks = ([r.fact_marks[:len(c)].astype(int).tolist() for r, c in zip(batch, contexts)]
+             if get_policy(policy).uses_marks else None)
     answers = generate_ids(params, cfg, list(contexts), policy=policy, budget=budget,
                            questions=list(questions), max_new_tokens=longest_answer,
                            prefill_chunk=prefill_chunk,
                            eos_id=getattr(tokenizer, "eos_id", None),
-                           marks=marks if policy == "oracle" else None)
+                           marks=marks)
     correct += [tokenizer.decode(a).strip().startswith(r.value) for r, a in zip(batch, answers)]
   metrics = {"accuracy": float(np.mean(correct))}
   if half_lives:
