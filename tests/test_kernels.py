@@ -22,7 +22,7 @@ pytestmark = pytest.mark.pallas
 
 CHECKED = pltpu.InterpretParams(detect_races=True, uninitialized_memory="nan",
                                 num_cores_or_threads=2, random_seed=7)
-TOLERANCE = {"float32": 1e-3, "bfloat16": 1e-2}   # relative error, DESIGN.md
+TOLERANCE = {"float32": 1e-3, "bfloat16": 1e-2}   # relative error: the kernels' parity bounds
 
 
 def no_race_in_last_kernel():

@@ -1,7 +1,7 @@
 """Every policy's statistics and scores against a plain numpy re-implementation.
 
 The numpy versions below loop over batch rows, heads and slots on purpose: they follow the
-definitions in REFERENCES.md, not the vectorised code.
+definitions in the papers, not the vectorised code.
 """
 
 import numpy as np

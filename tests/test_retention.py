@@ -1,7 +1,7 @@
 """TRIM-KV pieces against brute-force numpy: decayed attention, capacity sums, gated model, loss.
 
 The numpy oracles loop over rows, heads and positions on purpose: they follow the
-definitions in REFERENCES.md, not the vectorised code.
+definitions in the papers, not the vectorised code.
 """
 
 import functools

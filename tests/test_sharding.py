@@ -166,7 +166,7 @@ def test_sharded_model_on_interpreted_tpu_kernels_equals_one_device_on_xla(tmp_p
   for mesh in PALLAS_MESHES:
     result = results[mesh]
     _shard_mapped_only_on_pallas(result["holds_shard_map"])
-    assert result["loss_rel_err"] < 1e-3  # Pallas interpret mode in float32 (DESIGN.md)
+    assert result["loss_rel_err"] < 1e-3  # Pallas interpret mode in float32
     assert result["grad_rel_err"] < 1e-3
     assert result["generate_tokens"] == result["want_tokens"]
 

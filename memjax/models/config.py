@@ -19,7 +19,7 @@ ATTENTION_IMPLS = ("auto", "xla", "tpu", "gpu")
 
 @dataclasses.dataclass(frozen=True)
 class MemoryConfig:
-  """Memory layers of a decoder (memjax.memory; REFERENCES.md "Memory layers").
+  """Memory layers of a decoder (memjax.memory: PKM, Memory+, Titans).
 
   Attributes:
     kind: "pkm" (product-key memory, Lample et al. 2019), "memory_plus" (Berges et al.

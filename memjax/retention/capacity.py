@@ -74,7 +74,7 @@ def capacity_loss(log_beta_xTxHkv: jax.Array, memory_M: int, block: int = 128,
   """float32 scalar: mean of max(0, S_t − M_t) / max(t − M_t, 1) over the entries where
   S_t > M_t; M_t is `budget_at(t, memory_M, memory_ratio)` (fixed M by default).
 
-  The normalisation follows REFERENCES.md (TRIM-KV): each excess is divided by how far t
+  The normalisation follows TRIM-KV (arXiv 2512.03324): each excess is divided by how far t
   is past the budget, max(t − M, 1), and the mean runs over the (leading axes, t, head)
   entries whose excess is non-zero only; the loss is 0 when no entry exceeds M. (The paper
   writes (1/T) Σ_t (1/t) max(0, S_t − M), which dilutes the term over steps t < M that can

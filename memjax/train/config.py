@@ -13,7 +13,7 @@ from memjax.sharding.config import MeshConfig
 
 @dataclasses.dataclass(frozen=True)
 class TrimKVConfig:
-  """TRIM-KV retention-gate training ("Cache What Lasts", arXiv 2512.03324; REFERENCES.md).
+  """TRIM-KV retention-gate training ("Cache What Lasts", arXiv 2512.03324).
 
   The loss is (ce_weight · CE + kl_weight · KL) / (ce_weight + kl_weight)
   + capacity_weight · capacity (see memjax.retention.losses).
