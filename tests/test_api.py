@@ -16,8 +16,16 @@ def lm():
 def test_policies_lists_every_registered_policy():
   assert memjax.policies() == ["full", "window", "streaming", "h2o", "tova", "snapkv",
                                "keydiff", "knorm", "random", "leverage", "non_causal_attn",
-                               "compactor", "expected_attention", "cur", "lagkv", "learned",
-                               "oracle"]
+                               "compactor", "expected_attention", "cur", "lagkv", "kvzip",
+                               "learned", "oracle"]
+
+
+def test_kvzip_generates_from_text(lm):
+  """`kvzip` writes its reconstruction prompt with the model's tokenizer; with a budget above
+  the prompt it answers like the full cache."""
+  prompt = "The capital of France is"
+  assert lm.generate(prompt, policy="kvzip", budget=64, max_new_tokens=4) == lm.generate(
+      prompt, max_new_tokens=4)
 
 
 def test_generate_text_ids_and_batches(lm):
