@@ -28,7 +28,11 @@ RESULTS = pathlib.Path(__file__).parent / "results"
 PRESSES = {"full": None, "streaming": "StreamingLLMPress", "leverage": "LeverageScorePress",
            "non_causal_attn": "NonCausalAttnPress", "compactor": "CompactorPress",
            "expected_attention": "ExpectedAttentionPress", "cur": "CURPress",
-           "lagkv": "LagKVPress", "kvzip": "KVzipPress"}
+           "lagkv": "LagKVPress", "kvzip": "KVzipPress", "kvzip_layerwise": "KVzipPress"}
+# kvpress-only rows (no memjax policy of that name): a press with non-default settings.
+# KVzipPress ranks every layer's and head's scores together by default; layerwise=True gives
+# each layer the same budget (its heads still share it unevenly); memjax: the same per head.
+PRESS_SETTINGS = {"kvzip_layerwise": {"layerwise": True}}
 NOTES = """# memjax policies against the kvpress presses of the same name
 
 SmolLM2-135M-Instruct (the same Q4_1 GGUF file, dequantised to float32, in memjax and in
@@ -94,7 +98,8 @@ def run_kvpress(hf_model, lm, cases, policy: str, fraction: float | None) -> lis
   from transformers import DynamicCache
   press = None
   if PRESSES[policy] is not None:
-    press = getattr(kvpress, PRESSES[policy])(compression_ratio=1.0 - fraction)
+    press = getattr(kvpress, PRESSES[policy])(compression_ratio=1.0 - fraction,
+                                              **PRESS_SETTINGS.get(policy, {}))
   out = []
   for case in cases:
     ctx = torch.tensor([lm.tokenizer.encode(case.context)])
@@ -156,7 +161,8 @@ def main():
       for fraction in ([None] if policy == "full" else [0.25, 0.125]):
         for framework in args.frameworks:
           if (framework, policy, fraction) in cells or (
-              framework == "memjax_once" and policy == "full"):  # full: nothing to compress
+              framework == "memjax_once" and policy == "full") or (  # full: nothing to compress
+              framework != "kvpress" and policy in PRESS_SETTINGS):
             continue
           start = time.time()
           if framework in ("memjax", "memjax_once"):
