@@ -10,8 +10,7 @@ from memjax.eval.harness import evaluate
 from memjax.eval.tasks import TASKS
 from memjax.lm import LanguageModel
 from memjax.train.data import ByteTokenizer
-
-from helpers import tiny_model
+from tests.helpers import tiny_model
 
 LENGTH = 2600  # bytes: cwe's solved example and 10 words repeated 6 times need ~2,500
 
@@ -30,8 +29,8 @@ def test_every_task_runs_resumes_and_reports(lm, tmp_path, monkeypatch):
   generation = [name for name in TASKS if name != "perplexity"]
   cfg = EvalConfig(model="tiny", policies=["full", "oracle"], budgets=[0.25],
                    tasks=generation, perplexity=True, context_tokens=[LENGTH], n_cases=2,
-                   batch_size=2, max_new_tokens=3, ppl_windows=1, ppl_window_tokens=128, ppl_chunk=32,
-                   name="tiny", output_dir=str(tmp_path))
+                   batch_size=2, max_new_tokens=3, ppl_windows=1, ppl_window_tokens=128,
+                   ppl_chunk=32, name="tiny", output_dir=str(tmp_path))
   log = tmp_path / "tiny.rows.jsonl"
   rows = evaluate(cfg, lm=lm, progress=False, log_path=log)
   # the oracle keeps needles' tokens: not for tasks without needles
@@ -44,8 +43,8 @@ def test_every_task_runs_resumes_and_reports(lm, tmp_path, monkeypatch):
     else:
       assert row["n"] == 2 and len(row["scores"]) == 2 and 0 <= row["accuracy"] <= 1
       assert row["context_tokens"] == LENGTH and row["model"] == "tiny"
-    assert row["budget_tokens"] == (None if row["policy"] == "full"
-                                    else round(0.25 * row["context_tokens"]))
+    slots = None if row["policy"] == "full" else round(0.25 * row["context_tokens"])
+    assert row["budget_tokens"] == slots
 
   def refuse(*args, **kwargs):
     raise AssertionError("a logged row was computed again")

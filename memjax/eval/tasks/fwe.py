@@ -51,7 +51,7 @@ class FrequentWords(ruler.RulerTask):
 
   name = "fwe"
   title = "fwe"
-  description = "frequent words extraction: the 3 most frequent words of Zipf-distributed coded text"
+  description = "frequent words extraction: the 3 most frequent of Zipf-distributed coded words"
   max_new_tokens = 50
   has_needles = False
 

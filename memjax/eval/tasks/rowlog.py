@@ -2,7 +2,9 @@
 
 A row is keyed by (task, length, policy, budget, gates of "learned") and stamped with the
 `fingerprint` of the settings that change its value, so an interrupted evaluation resumes
-where it stopped and a wider sweep reuses a narrower one.
+where it stopped and a wider sweep reuses a narrower one. The settings are an EvalConfig
+(`memjax eval`) or any dataclass config of an experiment (e.g. experiments/assoc_recall.py,
+whose "policy" is the model trained).
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from memjax.config import config_to_dict
 
-if TYPE_CHECKING:
-  from memjax.eval.config import EvalConfig
+# EvalConfig fields that say which rows are asked for, or where they go, not their values.
+EVAL_SELECTION_FIELDS = ("policies", "gates", "budgets", "tasks", "context_tokens", "perplexity",
+                         "batch_size", "output_dir", "name", "mesh")
 
 
 class RowLog:
@@ -25,7 +28,7 @@ class RowLog:
   an interrupted evaluation resumes where it stopped, and a wider sweep reuses a narrower one.
   """
 
-  def __init__(self, path: str | pathlib.Path | None, cfg: EvalConfig):
+  def __init__(self, path: str | pathlib.Path | None, cfg: Any):
     self.path = None if path is None else pathlib.Path(path)
     self.fingerprint = fingerprint(cfg)
     self.gates = gates_id(cfg)
@@ -52,19 +55,21 @@ class RowLog:
     return row
 
 
-def fingerprint(cfg: EvalConfig) -> str:
-  """Hash of the settings that change a row's value (not which rows are asked for)."""
+def fingerprint(cfg: Any) -> str:
+  """Hash of the settings that change a row's value: every field of the dataclass `cfg`,
+  less, for an EvalConfig, those that only say which rows are asked for."""
+  from memjax.eval.config import EvalConfig
   settings = config_to_dict(cfg)
-  for field in ("policies", "gates", "budgets", "tasks", "context_tokens", "perplexity",
-                "batch_size", "output_dir", "name", "mesh"):
-    settings.pop(field)
+  if isinstance(cfg, EvalConfig):
+    for field in EVAL_SELECTION_FIELDS:
+      settings.pop(field)
   return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def gates_id(cfg: EvalConfig) -> str | None:
+def gates_id(cfg: Any) -> str | None:
   """Which gates make cfg's "learned" rows: `<gates>@<hash of the file>`, so that rows of
   other (e.g. retrained) gates are never reused; None when cfg does not evaluate "learned"."""
-  if "learned" not in cfg.policies:
+  if "learned" not in getattr(cfg, "policies", ()):
     return None
   from memjax.retention.store import gate_path
   digest = hashlib.sha256(gate_path(cfg.gates, cfg.model).read_bytes()).hexdigest()[:12]
