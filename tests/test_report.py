@@ -91,7 +91,8 @@ def test_average_over_tasks_with_standard_error():
   assert average.cells[("h2o", (0.25, 500))] == (pytest.approx(0.75), pytest.approx(0.25))
   assert average.cells[("full", (0.25, 500))] == (pytest.approx(0.75), pytest.approx(0.25))
   assert build_averages(_suite_rows()[:2]) == []  # one task: nothing to average
-  text = markdown_report(_suite_rows(), EvalConfig(name="suite"))
+  text = markdown_report(_suite_rows(), EvalConfig(name="suite", notes="A partial slice."))
+  assert "\n\nA partial slice.\n\nConfig:" in text
   assert "## average over 2 tasks, 2000-token context" in text
   assert "| h2o | 75.0 ± 25.0 |" in text and "## niah_single_1, 2000-token context" in text
   assert "![average score against the kept fraction](suite_leaderboard.png)" in text

@@ -52,6 +52,8 @@ class EvalConfig:
     corpus: local text files to use instead of the shipped corpus (empty: shipped).
     output_dir: directory for tables, CSV and plots.
     name: file stem of this run's outputs.
+    notes: a paragraph the report prints under its header (e.g. "partial slice: ...");
+      not part of the row fingerprint.
     mesh: on more than one device, generation and perplexity run on this mesh (batch rows
       over data/fsdp, cache KV heads over tensor; `memjax.sharding`); one device ignores it.
       Results do not depend on it (it is not part of the row fingerprint).
@@ -79,6 +81,7 @@ class EvalConfig:
   corpus: list[str] = dataclasses.field(default_factory=list)
   output_dir: str = "experiments/results"
   name: str = "policy_budget"
+  notes: str = ""
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
   def __post_init__(self):

@@ -108,10 +108,12 @@ def build_tables(rows: Sequence[Mapping[str, Any]]) -> list[Table]:
   return tables
 
 
-def _table(metric: str, task: str, context_tokens: int, rows: Sequence[Mapping[str, Any]]) -> Table:
-  """Merge the rows of one group into table cells."""
-  budgeted = [r for r in rows if r["policy"] != FULL]
-  columns = sorted({_column(r) for r in budgeted}, key=_column_size, reverse=True)
+def _table(metric: str, task: str, context_tokens: int, rows: Sequence[Mapping[str, Any]],
+           columns: Sequence[tuple[Any, Any]] | None = None) -> Table:
+  """Merge the rows of one group into table cells; `columns`: those of its budgeted rows
+  unless given."""
+  if columns is None:
+    columns = _columns(rows)
   policies = list(dict.fromkeys(r["policy"] for r in rows))
   if FULL in policies:
     policies.remove(FULL)
@@ -132,6 +134,12 @@ def _table(metric: str, task: str, context_tokens: int, rows: Sequence[Mapping[s
   return Table(metric, task, context_tokens, tuple(columns), tuple(policies), cells, errors)
 
 
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, Any]]:
+  """The budget columns of the budgeted rows, largest budget first."""
+  budgeted = {_column(r) for r in rows if r["policy"] != FULL}
+  return sorted(budgeted, key=_column_size, reverse=True)
+
+
 def standard_error(scores: Sequence[float]) -> float | None:
   """Standard error of the mean of `scores` (sample standard deviation / sqrt(n));
   None for fewer than two."""
@@ -148,10 +156,14 @@ def build_averages(rows: Sequence[Mapping[str, Any]]) -> list[Average]:
       groups.setdefault((row.get("model"), row["context_tokens"]), []).append(row)
   averages = []
   for (model, context), group in groups.items():
-    tables = build_tables(group)
-    if len(tables) < 2:
+    by_task: dict[str, list[Mapping[str, Any]]] = {}
+    for row in group:
+      by_task.setdefault(row["task"], []).append(row)
+    if len(by_task) < 2:
       continue
-    columns = sorted({c for t in tables for c in t.columns}, key=_column_size, reverse=True)
+    columns = _columns(group)
+    tables = [_table("accuracy", task, context, rows_of_task, columns)
+              for task, rows_of_task in by_task.items()]
     policies = list(dict.fromkeys(p for t in tables for p in t.policies))
     cells = {}
     for policy in policies:
@@ -263,15 +275,17 @@ def markdown_report(rows: Sequence[Mapping[str, Any]], config: Any) -> str:
   Args:
     rows: result rows (see the module docstring).
     config: the run's config (a dataclass such as EvalConfig, or its dict); its
-      `name`, `model` and `query_aware` entries label the page.
+      `name`, `model`, `query_aware` and `notes` entries label the page.
   """
   cfg = config_to_dict(config)
   protocol = protocol_label(bool(cfg.get("query_aware", False)))
   lines = [f"# {cfg.get('name', 'results')}", "",
            f"- model: `{cfg.get('model', '?')}`",
            f"- protocol: **{protocol}**: {PROTOCOL_NOTES[protocol]}",
-           "- columns: KV budget per layer, as a fraction of the context (tokens kept)",
-           "", "Config:", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False,
+           "- columns: KV budget per layer, as a fraction of the context (tokens kept)"]
+  if cfg.get("notes"):
+    lines += ["", str(cfg["notes"]).strip()]
+  lines += ["", "Config:", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False,
                                                       default_flow_style=None).rstrip(), "```"]
   averages = build_averages(rows)
   if averages:
