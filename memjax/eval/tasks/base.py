@@ -117,7 +117,8 @@ def answer_cases(lm, cases: Sequence, policy: Policy, budget: int | None, cfg, o
 
   Query-agnostic (default): the context is compressed, then the question is appended; with
   cfg.query_aware the question is part of the compressed prompt. `on_mesh`: the mesh and
-  rules of memjax.eval.harness.device_mesh (dropped for the oracle, which runs on one device).
+  rules of memjax.eval.harness.device_mesh (dropped for the oracle and for policies that
+  compress once after prefill, which run on one device).
   """
   scores = []
   for start in range(0, len(cases), cfg.batch_size):
@@ -126,14 +127,17 @@ def answer_cases(lm, cases: Sequence, policy: Policy, budget: int | None, cfg, o
     questions = [lm.tokenizer.encode(c.question) for c in batch]
     marks, mesh = None, on_mesh
     if policy.uses_marks:  # the oracle keeps the needles' own tokens
-      marks, mesh = [needle_marks(c, lm.tokenizer) for c in batch], {}
+      marks = [needle_marks(c, lm.tokenizer) for c in batch]
+    if policy.uses_marks or policy.compresses_once:  # both run on one device
+      mesh = {}
     if cfg.query_aware:
       contexts, questions = [c + q for c, q in zip(contexts, questions)], None
       marks = marks and [m + [0] * (len(c) - len(m)) for m, c in zip(marks, contexts)]
     answers = generate_ids(lm.params, lm.cfg, contexts, policy=policy, budget=budget,
                            budget_schedule=cfg.budget_schedule, questions=questions,
                            max_new_tokens=max_new_tokens, prefill_chunk=cfg.prefill_chunk,
-                           eos_id=lm.tokenizer.eos_id, marks=marks, **mesh)
+                           eos_id=lm.tokenizer.eos_id, marks=marks,
+                           encode=lm.tokenizer.encode, **mesh)
     scores += [score(c, lm.tokenizer.decode(a)) for c, a in zip(batch, answers)]
   return scores
 

@@ -24,6 +24,11 @@ class Perplexity(Task):
   def lengths(self, cfg) -> list[int]:
     return [cfg.ppl_window_tokens]
 
+  def applies_to(self, policy: Policy) -> bool:
+    """Not the oracle (prose has no needles to mark), nor a policy that compresses once
+    after prefill (a scored window has no prefill/decode split)."""
+    return not (policy.uses_marks or policy.compresses_once)
+
   def prepare(self, lm, cfg, length: int) -> np.ndarray:
     text = corpus.load_corpus("heldout", cfg.corpus or None)
     return corpus.heldout_windows(lm.tokenizer, cfg.ppl_windows, length, cfg.seed, text=text)
