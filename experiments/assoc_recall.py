@@ -16,15 +16,16 @@ the Titans models peak at 3e-3, as they diverge at 1e-2):
               and momentum, 2·H·2·Dh·F)
 
 Each model trains with `memjax.train.train` (checkpointed under runs/, so an interrupted
-run resumes) and its row is appended to DIR/assoc_recall.rows.jsonl as soon as it is done
-(a rerun skips finished models). Writes DIR/assoc_recall.md, .csv and .png. --small runs a
+run resumes) and its row goes to DIR/assoc_recall.rows.jsonl, memjax's shared row log
+(memjax.eval.tasks.rowlog: task "mqar", the model as its "policy", stamped with the
+fingerprint of the Setting), as soon as it is done; a rerun with the same Setting skips
+finished models. Writes DIR/assoc_recall.md, .csv and .png. --small runs a
 4-pair task for a few steps (a smoke test of the whole pipeline, not a result).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import pathlib
@@ -39,6 +40,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from memjax.data.mqar import MQARBatches, MQARTask, mqar_batch  # noqa: E402
+from memjax.eval.report import write_csv  # noqa: E402
+from memjax.eval.tasks.rowlog import RowLog  # noqa: E402
 from memjax.models import llama  # noqa: E402
 from memjax.models.config import MemoryConfig, ModelConfig, tiny_config  # noqa: E402
 from memjax.retention.losses import target_ce  # noqa: E402
@@ -139,7 +142,9 @@ def run_model(setting: Setting, name: str, runs: pathlib.Path) -> dict:
                 MQARBatches(setting.task, setting.batch_size, seed=0), progress=True)
   held_out = mqar_batch(setting.task, setting.eval_rows, np.random.default_rng(10**6))
   _, metrics = jax.jit(loss_fn)(state.trainable, {}, held_out, None)
-  return {"model": name, "family": name.split("_")[0], "window": window,
+  return {"task": "mqar", "context_tokens": setting.task.seq_len, "policy": name,
+          "budget": None, "n": setting.eval_rows,
+          "model": name, "family": name.split("_")[0], "window": window,
           "titans_hidden": cfg.memory.titans_hidden if cfg.memory else None,
           "state_floats": state_floats(cfg, window, setting.task.seq_len),
           "params": sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.trainable)),
@@ -153,12 +158,7 @@ def write_report(rows: list[dict], setting: Setting, out: pathlib.Path, small: b
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fields = ["model", "family", "window", "titans_hidden", "state_floats", "params", "accuracy",
-            "steps", "lr", "train_seconds"]
-  with open(out / "assoc_recall.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
+  write_csv(rows, out / "assoc_recall.csv")
   task = setting.task
   lines = ["# Multi-query associative recall: accuracy against state size", "",
            f"{task.n_pairs} key-value pairs then {task.n_queries} queries ({task.seq_len} "
@@ -228,20 +228,13 @@ def main(argv: list[str] | None = None) -> int:
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   runs = runs_dir(args)
-  rows_path = out / "assoc_recall.rows.jsonl"
-  done = {}
-  if rows_path.exists():
-    done = {r["model"]: r for r in map(json.loads, rows_path.read_text().splitlines())}
-  names = args.only or model_names(setting)
-  for name in names:
-    if name in done:
-      continue
-    row = run_model(setting, name, runs)
-    print(json.dumps(row))
-    done[name] = row
-    with open(rows_path, "a") as f:
-      f.write(json.dumps(row) + "\n")
-  write_report([done[n] for n in model_names(setting) if n in done], setting, out, args.small)
+  log = RowLog(out / "assoc_recall.rows.jsonl", setting)
+  key = lambda name: log.key("mqar", setting.task.seq_len, name, None)
+  for name in args.only or model_names(setting):
+    if key(name) not in log.done:
+      print(json.dumps(log.add(run_model(setting, name, runs))))
+  write_report([log.done[key(n)] for n in model_names(setting) if key(n) in log.done], setting,
+               out, args.small)
   return 0
 
 

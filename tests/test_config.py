@@ -82,7 +82,8 @@ def test_type_errors_name_key_type_and_value(override, message):
     ("budgets=[]", "budgets must not be empty"),
     ("budgets=[0.5, 0]", "budget 0.0"),
     ("budgets=[1.5]", "budget 1.5"),
-    ("tasks=[single, needle]", r"unknown task kind\(s\) \['needle'\]"),
+    ("tasks=[single, niah_singel_1]",
+     r"unknown task\(s\) 'niah_singel_1' \(did you mean 'niah_single_1'\?\)"),
     ("depths=[1.2]", r"depths must lie in \[0, 1\]"),
     ("n_cases=0", "n_cases must be >= 1"),
 ])

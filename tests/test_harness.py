@@ -8,7 +8,7 @@ from memjax.sharding import MeshConfig
 def test_fingerprint_ignores_which_rows_are_asked_for_but_not_how_they_are_computed():
   base = EvalConfig()
   same = EvalConfig(policies=["full", "h2o"], budgets=[0.1], context_tokens=[4000],
-                    perplexity=True, batch_size=2, output_dir="/tmp/x", name="other",
+                    perplexity=True, batch_size=2, output_dir="/tmp/x", name="other", notes="n",
                     mesh=MeshConfig(axes={"data": 2, "fsdp": 1, "tensor": 4}))
   assert fingerprint(same) == fingerprint(base)
   for changed in (EvalConfig(n_cases=9), EvalConfig(seed=1), EvalConfig(query_aware=True),

@@ -73,3 +73,25 @@ def test_masked_cross_entropy_averages_only_the_masked_positions():
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   want = -np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0][mask].mean()
   np.testing.assert_allclose(target_ce(logits, targets, mask), want, rtol=1e-5)
+
+
+def test_assoc_recall_resumes_its_committed_rows_from_the_shared_row_log():
+  """experiments/assoc_recall.py logs through memjax.eval.tasks.rowlog: the committed rows
+  carry its full Setting's fingerprint, so a rerun reuses all of them; the small Setting's
+  fingerprint differs, so a --small run never reuses them."""
+  import importlib.util
+  import pathlib
+  import sys
+
+  from memjax.eval.tasks.rowlog import RowLog
+  root = pathlib.Path(__file__).resolve().parent.parent
+  spec = importlib.util.spec_from_file_location("assoc_recall_under_test",
+                                                root / "experiments" / "assoc_recall.py")
+  script = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = script  # dataclasses look their module up
+  spec.loader.exec_module(script)
+  rows = root / "experiments" / "results" / "assoc_recall.rows.jsonl"
+  done = RowLog(rows, script.FULL).done
+  names = script.model_names(script.FULL)
+  assert {key[2] for key in done} == set(names) and len(done) == len(names) == 7
+  assert RowLog(rows, script.SMALL).done == {}

@@ -5,7 +5,8 @@ import csv
 import pytest
 
 from memjax.eval.config import EvalConfig
-from memjax.eval.report import build_tables, format_table, markdown_report, write_report
+from memjax.eval.report import (build_averages, build_tables, format_table, markdown_report,
+                                write_report)
 
 BUDGETS = [0.5, 0.25, 0.125]
 POLICIES = ["window", "streaming", "h2o", "random"]
@@ -68,3 +69,39 @@ def test_write_report_files(rows, tmp_path):
   assert written[0]["budget"] == "" and written[1]["seconds"] == "1.5"
   png = paths["plot:single:1000"].read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+def _suite_rows():
+  """Two tasks at one length: h2o at 25% scores [1, 0] and [1, 1], full [1, 1] and [0, 1]."""
+  rows = []
+  for task, h2o, full in (("niah_single_1", [1.0, 0.0], [1.0, 1.0]),
+                          ("vt", [1.0, 1.0], [0.0, 1.0])):
+    rows.append(dict(policy="full", budget=None, budget_tokens=None, task=task,
+                     context_tokens=2000, accuracy=sum(full) / 2, n=2, scores=full, model="m"))
+    rows.append(dict(policy="h2o", budget=0.25, budget_tokens=500, task=task,
+                     context_tokens=2000, accuracy=sum(h2o) / 2, n=2, scores=h2o, model="m"))
+  return rows
+
+
+def test_average_over_tasks_with_standard_error():
+  (average,) = build_averages(_suite_rows())
+  assert average.tasks == ("niah_single_1", "vt") and average.model == "m"
+  # h2o: task means 0.5 and 1.0; standard errors std([1, 0]) / sqrt(2) = 0.5 and 0
+  # -> average 0.75 with sqrt(0.5^2 + 0^2) / 2 = 0.25
+  assert average.cells[("h2o", (0.25, 500))] == (pytest.approx(0.75), pytest.approx(0.25))
+  assert average.cells[("full", (0.25, 500))] == (pytest.approx(0.75), pytest.approx(0.25))
+  assert build_averages(_suite_rows()[:2]) == []  # one task: nothing to average
+  text = markdown_report(_suite_rows(), EvalConfig(name="suite", notes="A partial slice."))
+  assert "\n\nA partial slice.\n\nConfig:" in text
+  assert "## average over 2 tasks, 2000-token context" in text
+  assert "| h2o | 75.0 ± 25.0 |" in text and "## niah_single_1, 2000-token context" in text
+  assert "![average score against the kept fraction](suite_leaderboard.png)" in text
+
+
+def test_average_needs_every_task(tmp_path):
+  rows = _suite_rows()[:-1]  # h2o has no vt row
+  (average,) = build_averages(rows)
+  assert ("h2o", (0.25, 500)) not in average.cells and ("full", (0.25, 500)) in average.cells
+  paths = write_report(_suite_rows(), EvalConfig(name="suite"), tmp_path)
+  assert set(paths) == {"markdown", "csv", "leaderboard"}  # no per-task plots
+  assert paths["leaderboard"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

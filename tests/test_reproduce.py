@@ -16,7 +16,7 @@ SMALL_OUT = ROOT / registry.SMALL_RESULTS
 
 def test_every_experiment_is_registered():
   assert set(ABLATIONS) == {"sweep", "budget_schedule", "trimkv_ablations", "memory_layers",
-                            "assoc_recall"}
+                            "assoc_recall", "ruler"}
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
@@ -37,14 +37,14 @@ def test_small_settings_write_apart_from_the_real_results(name):
 
 
 @pytest.mark.parametrize("name", ["sweep", "budget_schedule", "trimkv_ablations",
-                                  "memory_layers"])
+                                  "memory_layers", "ruler"])
 def test_manifests_get_the_resolved_configs(name):
   configs = {}
   for step in ABLATIONS[name].steps(SMALL_OUT, True):
     configs.update(step.configs())
   assert configs
   assert all(cfg.seed == 0 for cfg in configs.values())
-  if name in ("sweep", "budget_schedule"):
+  if name in ("sweep", "budget_schedule", "ruler"):
     assert all(cfg.output_dir == str(SMALL_OUT) for cfg in configs.values())
   else:  # training runs
     from memjax.train import TrainConfig
@@ -156,7 +156,7 @@ def test_full_settings_match_the_committed_rows():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["budget_schedule", "trimkv_ablations", "memory_layers",
-                                  "assoc_recall"])
+                                  "assoc_recall", "ruler"])
 def test_every_small_ablation_runs_end_to_end(name, tmp_path, smollm2_path):
   record = reproduce(name, small=True, out=tmp_path, log=lambda _: None)
   assert record["finished"] and record["outputs"]

@@ -196,7 +196,7 @@ def _cut_prose(text: str, starts: list[int], n_tokens: int, tokenizer: Tokenizer
   start = candidates[rng.integers(len(candidates))]
   region = text[start:start + span]
   word_ends = [m.end() for m in re.finditer(r"\S+", region)]
-  n_words = _last_fitting(word_ends, lambda end: len(tokenizer.encode(region[:end])) <= n_tokens)
+  n_words = last_fitting(word_ends, lambda end: len(tokenizer.encode(region[:end])) <= n_tokens)
   if n_words == 0:
     raise ValueError(f"could not fit a single word of the haystack into {n_tokens} tokens")
   if n_words == len(word_ends):
@@ -229,7 +229,7 @@ def _insert_needles(prose: str, needles: list[str], depths: list[float], needle_
   placed, before = [], 0
   for j in sorted(range(len(needles)), key=lambda j: depths[j]):
     target = min(max(depths[j] * total - before, 0.0), prose_tokens)
-    n_before = max(_last_fitting(range(len(boundaries)), lambda i: offset(i) <= target), 1)
+    n_before = max(last_fitting(range(len(boundaries)), lambda i: offset(i) <= target), 1)
     best = n_before - 1
     if n_before < len(boundaries) and offset(n_before) - target < target - offset(best):
       best = n_before
@@ -244,7 +244,7 @@ def _insert_needles(prose: str, needles: list[str], depths: list[float], needle_
   return "".join(pieces).strip()
 
 
-def _last_fitting(items: Sequence, fits) -> int:
+def last_fitting(items: Sequence, fits) -> int:
   """How many leading `items` satisfy the monotone predicate `fits` (binary search)."""
   lo, hi = 0, len(items)
   while lo < hi:

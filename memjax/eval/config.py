@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from memjax.data.retrieval import KINDS
 from memjax.eval.report import protocol_label
+from memjax.eval.tasks import TASKS, unknown_task_message
 from memjax.sharding.config import MeshConfig
 
 ALL_POLICIES = [
@@ -28,18 +28,22 @@ class EvalConfig:
       quarter of the tokens), else an absolute number of tokens (whole number).
     budget_schedule: "uniform" (same budget in every layer) or "pyramid" (shrinking
       with depth, same mean).
-    tasks: retrieval task kinds (memjax.data.retrieval.KINDS).
-    context_tokens: context lengths in tokens to test.
-    depths: needle depths in [0, 1]; cases cycle through them.
+    tasks: task names (memjax.eval.tasks.TASKS): memjax's retrieval ("single",
+      "multikey", "multivalue"), the RULER tasks (memjax.eval.tasks.RULER_TASKS), and
+      "perplexity".
+    context_tokens: lengths in tokens to test: the context of a retrieval case (question
+      and answer come on top), the whole prompt plus generated tokens of a RULER case.
+    depths: needle depths in [0, 1] of the retrieval tasks; cases cycle through them.
     n_cases: cases per (task, context length).
     batch_size: cases run together.
     prefill_chunk: tokens per prefill step (peak memory is budget + chunk).
-    max_new_tokens: greedy tokens generated for each answer ("multivalue" needs
-      about 8 per code).
+    max_new_tokens: greedy tokens generated for each answer; None (the default): each
+      task's own (8 for retrieval, RULER's 128 / 30 / 120 / 50 for niah / vt / cwe / fwe).
     query_aware: if True the question is part of the compressed prompt (flatters
       query-aware policies); if False (the default protocol) the context is
       compressed alone and the question comes after.
-    perplexity: also measure held-out perplexity under each budget.
+    perplexity: also measure held-out perplexity under each budget (the task
+      "perplexity", at ppl_window_tokens).
     ppl_windows: number of held-out windows.
     ppl_window_tokens: tokens per held-out window.
     ppl_chunk: tokens read per step when scoring a window; eviction happens between
@@ -48,6 +52,8 @@ class EvalConfig:
     corpus: local text files to use instead of the shipped corpus (empty: shipped).
     output_dir: directory for tables, CSV and plots.
     name: file stem of this run's outputs.
+    notes: a paragraph the report prints under its header (e.g. "partial slice: ...");
+      not part of the row fingerprint.
     mesh: on more than one device, generation and perplexity run on this mesh (batch rows
       over data/fsdp, cache KV heads over tensor; `memjax.sharding`); one device ignores it.
       Results do not depend on it (it is not part of the row fingerprint).
@@ -65,7 +71,7 @@ class EvalConfig:
   n_cases: int = 8
   batch_size: int = 8
   prefill_chunk: int = 512
-  max_new_tokens: int = 8
+  max_new_tokens: int | None = None
   query_aware: bool = False
   perplexity: bool = False
   ppl_windows: int = 4
@@ -75,6 +81,7 @@ class EvalConfig:
   corpus: list[str] = dataclasses.field(default_factory=list)
   output_dir: str = "experiments/results"
   name: str = "policy_budget"
+  notes: str = ""
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
   def __post_init__(self):
@@ -90,19 +97,28 @@ class EvalConfig:
       if budget <= 0 or (budget > 1 and budget != int(budget)):
         raise ValueError(f"budget {budget} must be a fraction in (0, 1] or a whole number "
                          "of tokens > 1")
-    unknown = [t for t in self.tasks if t not in KINDS]
-    if unknown:
-      raise ValueError(f"unknown task kind(s) {unknown}; use some of {list(KINDS)}")
+    if any(t not in TASKS for t in self.tasks):
+      raise ValueError(unknown_task_message(self.tasks))
+    if len(set(self.tasks)) != len(self.tasks):
+      raise ValueError(f"tasks lists a name twice: {self.tasks}")
     if any(n < 1 for n in self.context_tokens):
       raise ValueError(f"context_tokens must be positive, got {self.context_tokens}")
     if any(not 0.0 <= d <= 1.0 for d in self.depths):
       raise ValueError(f"depths must lie in [0, 1], got {self.depths}")
-    for field in ("n_cases", "batch_size", "prefill_chunk", "max_new_tokens", "ppl_windows",
-                  "ppl_chunk"):
+    if self.max_new_tokens is not None and self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1 (or null: each task's own), got "
+                       f"{self.max_new_tokens}")
+    for field in ("n_cases", "batch_size", "prefill_chunk", "ppl_windows", "ppl_chunk"):
       if getattr(self, field) < 1:
         raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
     if self.ppl_window_tokens < 2:
       raise ValueError(f"ppl_window_tokens must be >= 2, got {self.ppl_window_tokens}")
+
+  @property
+  def run_tasks(self) -> list[str]:
+    """The tasks to run: `tasks`, then "perplexity" if `perplexity` asks for it."""
+    extra = ["perplexity"] if self.perplexity and "perplexity" not in self.tasks else []
+    return list(self.tasks) + extra
 
   @property
   def protocol(self) -> str:

@@ -134,6 +134,14 @@ def _assoc_recall(out: pathlib.Path, small: bool) -> list[Step]:
                        [*(["--small"] if small else []), "--out", str(out)])]
 
 
+def _ruler(out: pathlib.Path, small: bool) -> list[Step]:
+  # Small: 1,000 tokens (vt's solved example alone takes 500), two cases, two cheap policies
+  # (compactor took up to 7 minutes a cell here).
+  overrides = (["policies=[full,streaming]", "budgets=[0.25]", "context_tokens=[1000]",
+                "n_cases=2", "batch_size=2", "prefill_chunk=128"] if small else [])
+  return [_eval_step("configs/ruler.yaml", overrides, out)]
+
+
 ABLATIONS = {a.name: a for a in [
     Ablation("sweep", "every eviction policy x budget (50/25/12.5%) on SmolLM2-135M: "
              "needle retrieval and held-out perplexity", _sweep,
@@ -150,6 +158,9 @@ ABLATIONS = {a.name: a for a in [
     Ablation("assoc_recall", "associative recall: sliding window vs neural memory vs full "
              "attention", _assoc_recall, ("assoc_recall.md", "assoc_recall.csv",
                                            "assoc_recall.png")),
+    Ablation("ruler", "RULER's 11 synthetic tasks on SmolLM2-135M at 2k and 4k tokens: every "
+             "policy at 50/25/12.5% kept, average score with standard errors", _ruler,
+             ("ruler.md", "ruler.csv", "ruler_leaderboard.png")),
 ]}
 
 
