@@ -22,13 +22,13 @@ def masked_logprobs(params, cfg, tokens_BxT, visible_fn):
   i, j = np.meshgrid(np.arange(t), np.arange(t), indexing="ij")
   mask = jnp.asarray(visible_fn(i, j) & (j <= i))[None, None]
 
-  def mix(p, h, q, k, v, positions, state):
+  def mix(spec, p, h, q, k, v, positions, state):
     from memjax.attention import reference
     out, _ = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
     return out, state
 
   positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  x, _ = llama.run_layers(params["layers"], llama.embed(params, tokens_BxT, cfg), positions,
-                          None, mix, cfg)
+  x, _ = llama.run_layers(params, llama.embed(params, tokens_BxT, cfg), positions, None, mix,
+                          cfg)
   logp = jax.nn.log_softmax(llama.unembed(params, x, cfg), axis=-1)
   return np.take_along_axis(np.asarray(logp)[:, :-1], tokens_BxT[:, 1:, None], axis=-1)[..., 0]
