@@ -16,14 +16,17 @@ def tiny_model(**overrides):
   return cfg, llama.init_params(cfg, jax.random.PRNGKey(0), scale=0.3)
 
 
-def masked_logprobs(params, cfg, tokens_BxT, visible_fn):
-  """Oracle: full forward where query i sees key j iff visible_fn(i, j) (numpy bool [T, T])."""
+def masked_logprobs(params, cfg, tokens_BxT, visible_fn, sliding_fn=None):
+  """Oracle: full forward where query i sees key j iff visible_fn(i, j) (numpy bool [T, T]);
+  in a sliding-window block, iff (sliding_fn or visible_fn)(i, j) and i - j < window."""
   b, t = tokens_BxT.shape
   i, j = np.meshgrid(np.arange(t), np.arange(t), indexing="ij")
-  mask = jnp.asarray(visible_fn(i, j) & (j <= i))[None, None]
 
   def mix(spec, p, h, q, k, v, positions, state):
     from memjax.attention import reference
+    visible = visible_fn(i, j) if spec.window is None else (
+        (sliding_fn or visible_fn)(i, j) & (i - j < spec.window))
+    mask = jnp.asarray(visible & (j <= i))[None, None]
     out, _ = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
     return out, state
 

@@ -1,0 +1,158 @@
+"""Every model family against transformers on tiny random checkpoints that transformers
+itself writes (save_pretrained), in both config.json forms; loading by repo id from a
+hub cache."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import memjax
+from memjax.io import ModelFileError, load_checkpoint
+from memjax.io.registry import find_hub_snapshot
+from memjax.models import llama
+
+torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
+transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.oracle
+
+SEQ = 24
+COMMON = dict(vocab_size=101, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, intermediate_size=48, max_position_embeddings=256,
+              rms_norm_eps=1e-6)
+
+# family -> (transformers config class, its fields); windows are shorter than SEQ.
+FAMILIES = {
+    "llama3": ("LlamaConfig", dict(
+        tie_word_embeddings=False,
+        rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0,
+                             low_freq_factor=1.0, high_freq_factor=4.0,
+                             original_max_position_embeddings=64))),
+    "llama_linear": ("LlamaConfig", dict(
+        tie_word_embeddings=True,
+        rope_parameters=dict(rope_type="linear", rope_theta=5000.0, factor=4.0))),
+    "qwen2": ("Qwen2Config", dict(tie_word_embeddings=False)),
+    "qwen3": ("Qwen3Config", dict(head_dim=16, tie_word_embeddings=True)),
+    "mistral": ("MistralConfig", dict(sliding_window=5, tie_word_embeddings=False)),
+    "gemma3": ("Gemma3TextConfig", dict(
+        num_hidden_layers=7, head_dim=16, sliding_window=4, query_pre_attn_scalar=24,
+        final_logit_softcapping=30.0,
+        rope_parameters={"full_attention": dict(rope_type="linear", rope_theta=100000.0,
+                                                factor=2.0),
+                         "sliding_attention": dict(rope_type="default", rope_theta=10000.0)})),
+}
+
+
+def randomize(model, seed):
+  """Weights of every kind, biases and norms included, drawn at random (seeded)."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      noise = torch.randn(p.shape, generator=gen)
+      p.copy_(1.0 + 0.1 * noise if "norm" in name and "gemma" not in type(model).__name__.lower()
+              else 0.2 * noise)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+  """family -> (directory, transformers model) of a tiny random checkpoint."""
+  out = {}
+  for seed, (family, (config_class, fields)) in enumerate(FAMILIES.items()):
+    config = getattr(transformers, config_class)(**{**COMMON, **fields})
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    model = model.eval()
+    randomize(model, seed)
+    directory = tmp_path_factory.mktemp(family)
+    model.save_pretrained(directory)
+    out[family] = directory, model
+  return out
+
+
+def old_form(config: dict) -> dict:
+  """The config.json of older transformers: rope_theta / rope_scaling (and Gemma 3's
+  rope_local_base_freq / sliding_window_pattern) instead of rope_parameters, no layer_types."""
+  old = {k: v for k, v in config.items() if k not in ("rope_parameters", "layer_types")}
+  rope = config["rope_parameters"]
+  if "full_attention" in rope:
+    old["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
+    old["sliding_window_pattern"] = 6
+    rope = rope["full_attention"]
+  old["rope_theta"] = rope["rope_theta"]
+  scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+  old["rope_scaling"] = None if scaling.get("rope_type") == "default" else scaling
+  return old
+
+
+def log_softmax(x):
+  x = np.asarray(x, np.float64)
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_transformers(checkpoints, family, tmp_path):
+  directory, model = checkpoints[family]
+  cfg, params, _ = load_checkpoint(directory)
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, SEQ), dtype=np.int32)
+  with torch.no_grad():
+    want = model(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
+  got = jax.jit(llama.forward, static_argnums=2)(llama.cast_params(params, cfg), tokens, cfg)
+  delta = np.abs(log_softmax(got) - log_softmax(want)).max()
+  assert delta <= 1e-3, f"{family}: max |Δ log-softmax| = {delta:.2e}"
+
+  # The older config.json spelling describes the same model.
+  old = tmp_path / "old"
+  shutil.copytree(directory, old)
+  config = json.loads((directory / "config.json").read_text())
+  (old / "config.json").write_text(json.dumps(old_form(config)))
+  assert load_checkpoint(old)[0] == cfg
+
+
+def test_family_features_are_read(checkpoints):
+  """The configs carry what makes each family differ (so the parity above tests it)."""
+  cfgs = {family: load_checkpoint(checkpoints[family][0])[0] for family in FAMILIES}
+  assert cfgs["llama3"].rope_scaling.kind == "llama3" and not cfgs["llama3"].tie_embeddings
+  assert cfgs["llama_linear"].rope_scaling.factor == 4.0 and cfgs["llama_linear"].tie_embeddings
+  assert cfgs["qwen2"].qkv_bias and cfgs["qwen2"].sliding_window is None
+  assert cfgs["qwen3"].qk_norm and cfgs["qwen3"].head_dim == 16
+  assert [s.window for s in cfgs["mistral"].layer_plan()] == [5, 5, 5]
+  plan = cfgs["gemma3"].layer_plan()
+  assert [s.window for s in plan] == [4, 4, 4, 4, 4, None, 4]
+  assert [s.rope_theta for s in plan] == [10000.0] * 5 + [100000.0, 10000.0]
+  assert plan[5].rope_scaling.factor == 2.0 and plan[0].rope_scaling is None
+
+
+def test_unknown_tensor_and_architecture_are_named(checkpoints, tmp_path):
+  directory, _ = checkpoints["qwen3"]
+  odd = tmp_path / "odd"
+  shutil.copytree(directory, odd)
+  config = json.loads((odd / "config.json").read_text())
+  (odd / "config.json").write_text(json.dumps({**config, "model_type": "qwen2"}))
+  with pytest.raises(ModelFileError, match=r"unknown tensor\(s\) model.layers.0.self_attn.k_norm"
+                                           r".weight.*'qwen2' parameter table"):
+    load_checkpoint(odd)
+  (odd / "config.json").write_text(json.dumps({**config, "model_type": "phi3",
+                                               "architectures": ["Phi3ForCausalLM"]}))
+  with pytest.raises(ModelFileError, match="model_type 'phi3'.*not supported; supported model "
+                                           "types: llama, qwen2, qwen3, mistral, gemma3_text"):
+    load_checkpoint(odd)
+
+
+def test_load_by_repo_id_from_the_hub_cache(checkpoints, tmp_path, monkeypatch):
+  directory, _ = checkpoints["qwen3"]
+  monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+  monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+  with pytest.raises(ModelFileError, match="not in the local Hugging Face cache.*hf download "
+                                           "Tiny/Qwen3-Test"):
+    memjax.load("Tiny/Qwen3-Test")
+  repo = tmp_path / "hf" / "hub" / "models--Tiny--Qwen3-Test"
+  shutil.copytree(directory, repo / "snapshots" / "abc123")
+  (repo / "snapshots" / "old999").mkdir()
+  (repo / "refs").mkdir()
+  (repo / "refs" / "main").write_text("abc123")
+  assert find_hub_snapshot("Tiny/Qwen3-Test") == repo / "snapshots" / "abc123"
+  lm = memjax.load("Tiny/Qwen3-Test")
+  assert lm.cfg == load_checkpoint(directory)[0]
