@@ -27,7 +27,8 @@ def masked_logprobs(params, cfg, tokens_BxT, visible_fn, sliding_fn=None):
     visible = visible_fn(i, j) if spec.window is None else (
         (sliding_fn or visible_fn)(i, j) & (i - j < spec.window))
     mask = jnp.asarray(visible & (j <= i))[None, None]
-    out, _ = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
+    out, _ = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask,
+                              spec.attn_soft_cap)
     return out, state
 
   positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))

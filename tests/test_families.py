@@ -37,6 +37,10 @@ FAMILIES = {
     "qwen2": ("Qwen2Config", dict(tie_word_embeddings=False)),
     "qwen3": ("Qwen3Config", dict(head_dim=16, tie_word_embeddings=True)),
     "mistral": ("MistralConfig", dict(sliding_window=5, tie_word_embeddings=False)),
+    "gemma2": ("Gemma2Config", dict(
+        num_hidden_layers=4, head_dim=16, sliding_window=6, query_pre_attn_scalar=20,
+        final_logit_softcapping=30.0, attn_logit_softcapping=5.0,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
     "gemma3": ("Gemma3TextConfig", dict(
         num_hidden_layers=7, head_dim=16, sliding_window=4, query_pre_attn_scalar=24,
         final_logit_softcapping=30.0,
@@ -76,6 +80,8 @@ def old_form(config: dict) -> dict:
   rope_local_base_freq / sliding_window_pattern) instead of rope_parameters, no layer_types."""
   old = {k: v for k, v in config.items() if k not in ("rope_parameters", "layer_types")}
   rope = config["rope_parameters"]
+  if config["model_type"] == "gemma2":
+    old["sliding_window_pattern"] = 2
   if "full_attention" in rope:
     old["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
     old["sliding_window_pattern"] = 6
@@ -119,6 +125,8 @@ def test_family_features_are_read(checkpoints):
   assert cfgs["qwen2"].qkv_bias and cfgs["qwen2"].sliding_window is None
   assert cfgs["qwen3"].qk_norm and cfgs["qwen3"].head_dim == 16
   assert [s.window for s in cfgs["mistral"].layer_plan()] == [5, 5, 5]
+  assert [(s.window, s.attn_soft_cap) for s in cfgs["gemma2"].layer_plan()] == [(6, 5.0),
+                                                                                (None, 5.0)] * 2
   plan = cfgs["gemma3"].layer_plan()
   assert [s.window for s in plan] == [4, 4, 4, 4, 4, None, 4]
   assert [s.rope_theta for s in plan] == [10000.0] * 5 + [100000.0, 10000.0]
@@ -137,7 +145,7 @@ def test_unknown_tensor_and_architecture_are_named(checkpoints, tmp_path):
   (odd / "config.json").write_text(json.dumps({**config, "model_type": "phi3",
                                                "architectures": ["Phi3ForCausalLM"]}))
   with pytest.raises(ModelFileError, match="model_type 'phi3'.*not supported; supported model "
-                                           "types: llama, qwen2, qwen3, mistral, gemma3_text"):
+                                           "types: llama, qwen2, qwen3, mistral, gemma2, gemma3_text"):
     load_checkpoint(odd)
 
 

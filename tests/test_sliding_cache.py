@@ -24,7 +24,7 @@ def gemma():
   cfg = tiny_config(family="gemma3", n_layers=7, layer_kinds=pattern_kinds(7),
                     sliding_window=WINDOW, qk_norm=True, mlp_act="gelu_tanh", post_norms=True,
                     embed_scale=True, query_pre_attn_scalar=12.0, rope_theta=100000.0,
-                    rope_local_theta=10000.0)
+                    rope_local_theta=10000.0, attn_soft_cap=5.0)
   return cfg, llama.init_params(cfg, jax.random.PRNGKey(3), scale=0.3)
 
 

@@ -36,13 +36,15 @@ Output = Literal["last_logits", "target_logprobs"]
 Attend = Callable[..., tuple[jax.Array, jax.Array | None]]
 
 
-def _attend_slots(q, cache: LayerCache, positions_BxC, attend: Attend, with_probs: bool):
+def _attend_slots(q, cache: LayerCache, positions_BxC, attend: Attend, with_probs: bool,
+                  spec: LayerSpec):
   """Attention of the chunk's queries over slots (causal by position, empty slots masked).
 
   Returns the output and, if asked, the probabilities as policies read them,
   [B, Hkv, 1, C, N]: already averaged over each KV head's group of query heads.
   """
-  out, slot_mass_BxHkvxCxN = attend(q, cache, positions_BxC, with_slot_mass=with_probs)
+  out, slot_mass_BxHkvxCxN = attend(q, cache, positions_BxC, with_slot_mass=with_probs,
+                                    soft_cap=spec.attn_soft_cap)
   return out, (slot_mass_BxHkvxCxN[:, :, None] if with_probs else None)
 
 
@@ -67,11 +69,11 @@ def _chunk_view(policy: Policy, q, h, positions_BxC, valid_BxC, spec: LayerSpec)
                h=h if policy.needs_hidden else None)
 
 
-def _window_attend(q, cands: LayerCache, positions_BxC, window: int):
+def _window_attend(q, cands: LayerCache, positions_BxC, spec: LayerSpec):
   """The chunk's queries over ring ∪ chunk: causal, within the window, empty slots masked."""
   gap_BxHkvxCxN = positions_BxC[:, None, :, None] - cands.pos[:, :, None, :]
-  mask = (cands.pos[:, :, None, :] >= 0) & (gap_BxHkvxCxN >= 0) & (gap_BxHkvxCxN < window)
-  return reference.attend(q, cands.k, cands.v, mask)[0]
+  mask = (cands.pos[:, :, None, :] >= 0) & (gap_BxHkvxCxN >= 0) & (gap_BxHkvxCxN < spec.window)
+  return reference.attend(q, cands.k, cands.v, mask, spec.attn_soft_cap)[0]
 
 
 def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
@@ -91,13 +93,13 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
       k_bhcd = einops.rearrange(k, "b c h d -> b h c d")
       v_bhcd = einops.rearrange(v, "b c h d -> b h c d")
       cands = kv_cache.candidates_of(cache, k_bhcd, v_bhcd, pos_BxHkvxC)
-      out = _window_attend(q, cands, positions_BxC, spec.window)
+      out = _window_attend(q, cands, positions_BxC, spec)
       return out, (kv_cache.ring_insert(cache, k_bhcd, v_bhcd, pos_BxHkvxC, t_end_B), layer)
     if not policy.evicts:
       cache = kv_cache.append_in_order(cache, einops.rearrange(k, "b c h d -> b h c d"),
                                        einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                        positions_BxC[:, 0])
-      return _attend_slots(q, cache, positions_BxC, attend, False)[0], (cache, layer)
+      return _attend_slots(q, cache, positions_BxC, attend, False, spec)[0], (cache, layer)
     fresh_stats_BxHkvxC = None
     if policy.uses_retention_gate:
       log_beta_BxCxHkv = gate.log_beta(gate.layer_gate(p, f"policy {policy.name!r}"), h)
@@ -111,8 +113,7 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
     cands = kv_cache.candidates_of(cache, einops.rearrange(k, "b c h d -> b h c d"),
                                    einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                    fresh_stats_BxHkvxC)
-    out, probs = _attend_slots(q, cands, positions_BxC, attend,
-                               policy.needs_attention)
+    out, probs = _attend_slots(q, cands, positions_BxC, attend, policy.needs_attention, spec)
     cands = cands._replace(stats=policy.observe(cands.stats, probs, valid_BxC))
     k_pre = (_unrotate(cands.k, cands.pos, spec) if policy.needs_pre_rope_keys else None)
     if policy.observes_chunk:

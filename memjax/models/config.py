@@ -69,6 +69,7 @@ class LayerSpec:
       residual stream (Gemma 3), besides the norms before them.
     mlp: "swiglu" (silu(x W_gate) ⊙ x W_up) W_down or "geglu" (tanh-approximate GELU).
     memory: the block carries a memory layer (`ModelConfig.memory`, memjax.memory).
+    attn_soft_cap: cap c of its scaled attention logits, c · tanh(s / c) (Gemma 2), or None.
   """
 
   window: int | None = None
@@ -77,6 +78,7 @@ class LayerSpec:
   post_norms: bool = False
   mlp: Literal["swiglu", "geglu"] = "swiglu"
   memory: bool = False
+  attn_soft_cap: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +203,7 @@ class ModelConfig:
     rope_local_theta: RoPE base of the sliding layers, which then get no RoPE scaling
       (Gemma 3); None = the global layers' rope_theta and scaling.
     final_soft_cap: cap c of the output logits, c · tanh(logits / c) (Gemma 2), or None.
+    attn_soft_cap: cap c of the scaled attention logits of every layer (Gemma 2), or None.
   """
 
   vocab_size: int
@@ -229,6 +232,7 @@ class ModelConfig:
   layer_kinds: tuple[str, ...] | None = None
   rope_local_theta: float | None = None
   final_soft_cap: float | None = None
+  attn_soft_cap: float | None = None
 
   def __post_init__(self):
     if self.layer_kinds is not None:
@@ -271,7 +275,8 @@ class ModelConfig:
                   rope_theta=self.rope_local_theta if kind == "sliding" and local
                   else self.rope_theta,
                   rope_scaling=None if kind == "sliding" and local else self.rope_scaling,
-                  post_norms=self.post_norms, mlp=mlp, memory=i in memory_layers)
+                  post_norms=self.post_norms, mlp=mlp, memory=i in memory_layers,
+                  attn_soft_cap=self.attn_soft_cap)
         for i, kind in enumerate(kinds))
 
   @property

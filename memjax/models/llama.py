@@ -262,15 +262,12 @@ def visible_keys(positions_BxT: jax.Array, spec: LayerSpec) -> jax.Array:
   return visible[:, None]
 
 
-def _attend_sequence(q, k_BxTxHkvxDh, v_BxTxHkvxDh, mask_BxHkvxTxT):
-  """The XLA reference attention of a whole sequence over itself under `mask`."""
+def _plan_mix(spec, p, h, q, k_BxTxHkvxDh, v_BxTxHkvxDh, positions_BxT, state):
+  """The XLA reference attention of a whole sequence over itself under the block's mask."""
   k = einops.rearrange(k_BxTxHkvxDh, "b t h d -> b h t d")
   v = einops.rearrange(v_BxTxHkvxDh, "b t h d -> b h t d")
-  return reference.attend(q, k, v, mask_BxHkvxTxT)[0]
-
-
-def _plan_mix(spec, p, h, q, k, v, positions_BxT, state):
-  return _attend_sequence(q, k, v, visible_keys(positions_BxT, spec)), state
+  mask = visible_keys(positions_BxT, spec)
+  return reference.attend(q, k, v, mask, spec.attn_soft_cap)[0], state
 
 
 def full_causal_mixer(cfg: ModelConfig, mesh: Mesh | None = None,
@@ -287,8 +284,8 @@ def full_causal_mixer(cfg: ModelConfig, mesh: Mesh | None = None,
   def mix(spec, p, h, q, k, v, positions_BxT, state):
     if spec.window is not None:
       return _plan_mix(spec, p, h, q, k, v, positions_BxT, state)
-    return mesh_kernels.flash_attention(q, k, v, causal=True, backend=backend, mesh=mesh,
-                                        rules=rules), state
+    return mesh_kernels.flash_attention(q, k, v, causal=True, soft_cap=spec.attn_soft_cap,
+                                        backend=backend, mesh=mesh, rules=rules), state
 
   return mix
 
@@ -301,7 +298,8 @@ def sliding_window_mixer(window: int) -> Mixer:
     raise ValueError(f"the attention window must be >= 1, got {window}")
 
   def mix(spec, p, h, q, k, v, positions_BxT, state):
-    return _plan_mix(LayerSpec(window=window), p, h, q, k, v, positions_BxT, state)
+    windowed = LayerSpec(window=window, attn_soft_cap=spec.attn_soft_cap)
+    return _plan_mix(windowed, p, h, q, k, v, positions_BxT, state)
 
   return mix
 

@@ -48,8 +48,9 @@ def forward_gated(params: llama.Params, tokens_BxT: jax.Array, cfg: ModelConfig,
                        "be global")
     log_beta_BxTxHkv = gate.log_beta(gate.layer_gate(p, "forward_gated"), h_BxTxD)
     applied = log_beta_BxTxHkv if decay else jnp.zeros_like(log_beta_BxTxHkv)
-    out = decayed_attention(q, k, v, applied, positions, impl=impl, block=block, remat=remat,
-                            backend=cfg.attention_impl, mesh=mesh, rules=rules)
+    out = decayed_attention(q, k, v, applied, positions, soft_cap=spec.attn_soft_cap,
+                            impl=impl, block=block, remat=remat, backend=cfg.attention_impl,
+                            mesh=mesh, rules=rules)
     return out, log_beta_BxTxHkv
 
   x_BxTxD, log_beta_LxBxTxHkv = llama.run_layers(

@@ -4,12 +4,12 @@ fields of its checkpoints."""
 
 from __future__ import annotations
 
-from memjax.models.families import gemma3, llama, mistral, qwen2, qwen3
+from memjax.models.families import gemma2, gemma3, llama, mistral, qwen2, qwen3
 from memjax.models.config import ModelConfig
 from memjax.models.table import Family, Tensor
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    llama.FAMILY, qwen2.FAMILY, qwen3.FAMILY, mistral.FAMILY, gemma3.FAMILY)}
+    llama.FAMILY, qwen2.FAMILY, qwen3.FAMILY, mistral.FAMILY, gemma2.FAMILY, gemma3.FAMILY)}
 
 
 def get_family(name: str) -> Family:

@@ -15,7 +15,9 @@ from memjax.models.table import LLAMA_TENSORS, Family, Tensor, qk_norm_tensors, 
 GLOBAL_EVERY = 6
 
 
-def _tensors() -> tuple[Tensor, ...]:
+def gemma_tensors(qk_norm: bool) -> tuple[Tensor, ...]:
+  """The Gemma 2/3 table: post-attention and post-MLP norms, (1 + w) norms in HF files, and
+  (Gemma 3) q/k norms."""
   tensors = replace(LLAMA_TENSORS, "layers/mlp_norm",
                     hf="model.layers.{i}.pre_feedforward_layernorm.weight")
   post_norms = (
@@ -25,7 +27,7 @@ def _tensors() -> tuple[Tensor, ...]:
       Tensor("layers/mlp_post_norm", lambda c: (c.d_model,), ("norm",),
              "model.layers.{i}.post_feedforward_layernorm.weight",
              "blk.{i}.post_ffw_norm.weight", init="ones"))
-  tensors = tensors + post_norms + qk_norm_tensors()
+  tensors = tensors + post_norms + (qk_norm_tensors() if qk_norm else ())
   for t in tensors:
     if t.path.endswith("norm"):
       tensors = replace(tensors, t.path, hf_offset=1.0)
@@ -37,26 +39,31 @@ def pattern_kinds(n_layers: int, every: int = GLOBAL_EVERY) -> tuple[str, ...]:
   return tuple("global" if (i + 1) % every == 0 else "sliding" for i in range(n_layers))
 
 
-def hf_fields(hf: dict) -> dict:
-  """Gemma3TextConfig fields (transformers 5 `rope_parameters` per layer kind, or the
-  older `rope_local_base_freq` / `sliding_window_pattern`)."""
-  if hf.get("attn_logit_softcapping") is not None:
-    raise ValueError("attn_logit_softcapping is not supported (final_logit_softcapping is)")
+def gemma_hf_fields(hf: dict, *, qk_norm: bool, global_every: int) -> dict:
+  """Gemma 2/3 config.json fields (transformers 5 `rope_parameters`, flat or per layer kind,
+  or the older `rope_local_base_freq` / `sliding_window_pattern`)."""
   act = hf.get("hidden_activation", "gelu_pytorch_tanh")
   if act != "gelu_pytorch_tanh":
     raise ValueError(f"hidden_activation {act!r} is not supported (supported: "
                      "'gelu_pytorch_tanh')")
-  local = (hf.get("rope_parameters") or {}).get("sliding_attention") or {}
   fields = dict(
-      qk_norm=True, mlp_act="gelu_tanh", post_norms=True, embed_scale=True,
+      qk_norm=qk_norm, mlp_act="gelu_tanh", post_norms=True, embed_scale=True,
       query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
-      rope_local_theta=float(local.get("rope_theta", hf.get("rope_local_base_freq", 10000.0))),
       final_soft_cap=hf.get("final_logit_softcapping"),
       tie_embeddings=hf.get("tie_word_embeddings", True))
   if not hf.get("layer_types"):
     fields["layer_kinds"] = pattern_kinds(hf["num_hidden_layers"],
-                                          hf.get("sliding_window_pattern", GLOBAL_EVERY))
+                                          hf.get("sliding_window_pattern", global_every))
   return fields
+
+
+def hf_fields(hf: dict) -> dict:
+  """Gemma3TextConfig fields; Gemma 3 has no attention soft-cap (transformers ignores
+  `attn_logit_softcapping` there, and so does memjax)."""
+  local = (hf.get("rope_parameters") or {}).get("sliding_attention") or {}
+  return dict(gemma_hf_fields(hf, qk_norm=True, global_every=GLOBAL_EVERY),
+              rope_local_theta=float(local.get("rope_theta",
+                                               hf.get("rope_local_base_freq", 10000.0))))
 
 
 def gguf_fields(get) -> dict:
@@ -66,5 +73,5 @@ def gguf_fields(get) -> dict:
               layer_kinds=pattern_kinds(int(get("block_count"))))
 
 
-FAMILY = Family(name="gemma3", tensors=_tensors(), hf_model_types=("gemma3_text",),
+FAMILY = Family(name="gemma3", tensors=gemma_tensors(qk_norm=True), hf_model_types=("gemma3_text",),
                 gguf_architecture="gemma3", hf_fields=hf_fields, gguf_fields=gguf_fields)
