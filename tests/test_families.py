@@ -164,3 +164,73 @@ def test_load_by_repo_id_from_the_hub_cache(checkpoints, tmp_path, monkeypatch):
   assert find_hub_snapshot("Tiny/Qwen3-Test") == repo / "snapshots" / "abc123"
   lm = memjax.load("Tiny/Qwen3-Test")
   assert lm.cfg == load_checkpoint(directory)[0]
+
+
+# llama.cpp's names for the HF weights (written here by hand, independently of the family
+# tables), for the architectures whose GGUF q/k keep Hugging Face's layout.
+GGUF_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight", "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias", "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight", "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def write_gguf(path, arch, model):
+  """The transformers model as an F32 GGUF of architecture `arch` (minimal gpt2 tokenizer)."""
+  gguf = pytest.importorskip("gguf")
+  config = model.config
+  writer = gguf.GGUFWriter(path, arch)
+  writer.add_block_count(config.num_hidden_layers)
+  writer.add_context_length(config.max_position_embeddings)
+  writer.add_embedding_length(config.hidden_size)
+  writer.add_feed_forward_length(config.intermediate_size)
+  writer.add_head_count(config.num_attention_heads)
+  writer.add_head_count_kv(config.num_key_value_heads)
+  head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+  writer.add_key_length(head_dim)
+  writer.add_value_length(head_dim)
+  writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+  writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+  writer.add_tokenizer_model("gpt2")
+  writer.add_token_list([f"t{i}" for i in range(config.vocab_size)])
+  writer.add_token_types([1] * config.vocab_size)
+  for name, value in model.state_dict().items():
+    parts = name.split(".")
+    gguf_name = (f"blk.{parts[2]}.{GGUF_NAMES['.'.join(parts[3:])]}" if parts[1] == "layers"
+                 else GGUF_NAMES[name])
+    writer.add_tensor(gguf_name, value.numpy().astype(np.float32))
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  return path
+
+
+@pytest.mark.parametrize("arch, fields", [
+    ("qwen2", dict(tie_word_embeddings=False)),
+    ("qwen3", dict(head_dim=128, num_attention_heads=2, num_key_value_heads=1,
+                   tie_word_embeddings=True)),  # transformers' qwen3 GGUF reader assumes 128
+])
+def test_gguf_architectures_match_transformers(tmp_path, arch, fields):
+  """qwen2 / qwen3 GGUF files (q/k biases, q/k norms) read by memjax and by transformers."""
+  config_class = {"qwen2": "Qwen2Config", "qwen3": "Qwen3Config"}[arch]
+  config = getattr(transformers, config_class)(**{**COMMON, **fields})
+  model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+  randomize(model, 7)
+  path = write_gguf(tmp_path / f"{arch}.gguf", arch, model)
+  reference = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
+  cfg, params, _ = load_checkpoint(path)
+  assert cfg.family == arch
+  tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (1, SEQ), dtype=np.int32)
+  with torch.no_grad():
+    want = reference(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
+  got = llama.forward(llama.cast_params(params, cfg), tokens, cfg)
+  delta = np.abs(log_softmax(got) - log_softmax(want)).max()
+  assert delta <= 1e-3, f"{arch} GGUF: max |Δ log-softmax| = {delta:.2e}"
