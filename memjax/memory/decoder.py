@@ -1,4 +1,4 @@
-"""Memory layers inside the Llama decoder, placed by `ModelConfig.memory`.
+"""Memory layers inside the decoder, placed by `ModelConfig.memory`.
 
 Blocks listed in `memory.layers` carry a memory; the others are plain. Their params:
 

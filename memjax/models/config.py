@@ -1,7 +1,7 @@
 """Shape and numeric settings of a decoder, and its per-layer plan.
 
 `ModelConfig` holds the hyper-parameters of every supported family (Llama, Qwen2/3,
-Mistral, Gemma 3; memjax.models.families); `ModelConfig.layer_plan()` turns them into one
+Mistral, Gemma 2/3; memjax.models.families); `ModelConfig.layer_plan()` turns them into one
 `LayerSpec` per block, which the decoder (memjax.models.llama) runs in scanned runs of
 identical layers.
 """
@@ -186,7 +186,7 @@ class ModelConfig:
       (`generation.step`) and of retention-decayed attention.
     memory: memory layers (memjax.memory), or None for a plain decoder.
     family: the model family (memjax.models.families) whose parameter table names and
-      shapes the params: "llama", "qwen2", "qwen3", "mistral" or "gemma3".
+      shapes the params: "llama", "qwen2", "qwen3", "mistral", "gemma2" or "gemma3".
     qkv_bias: q, k and v projections carry biases (Qwen2).
     qk_norm: RMSNorm over the head dim of every query and key head before RoPE, weights
       [Dh] (Qwen3, Gemma 3).
