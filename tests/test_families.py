@@ -181,8 +181,15 @@ GGUF_NAMES = {
 }
 
 
-def write_gguf(path, arch, model):
-  """The transformers model as an F32 GGUF of architecture `arch` (minimal gpt2 tokenizer)."""
+def llama_cpp_permute(rows, n_heads):
+  """llama.cpp's q/k row order for its interleaved RoPE: per head, (half, i) -> (i, half)."""
+  width = rows.shape[0]
+  return rows.reshape(n_heads, 2, width // n_heads // 2, -1).swapaxes(1, 2).reshape(rows.shape)
+
+
+def write_gguf(path, arch, model, extra=()):
+  """The transformers model as an F32 GGUF of architecture `arch` (minimal gpt2 tokenizer;
+  "llama" q/k permuted like llama.cpp), plus the (name, array) tensors `extra`."""
   gguf = pytest.importorskip("gguf")
   config = model.config
   writer = gguf.GGUFWriter(path, arch)
@@ -200,11 +207,17 @@ def write_gguf(path, arch, model):
   writer.add_tokenizer_model("gpt2")
   writer.add_token_list([f"t{i}" for i in range(config.vocab_size)])
   writer.add_token_types([1] * config.vocab_size)
+  heads = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}
   for name, value in model.state_dict().items():
     parts = name.split(".")
     gguf_name = (f"blk.{parts[2]}.{GGUF_NAMES['.'.join(parts[3:])]}" if parts[1] == "layers"
                  else GGUF_NAMES[name])
-    writer.add_tensor(gguf_name, value.numpy().astype(np.float32))
+    value = value.numpy().astype(np.float32)
+    if arch == "llama" and parts[-2] in heads:
+      value = llama_cpp_permute(value, heads[parts[-2]])
+    writer.add_tensor(gguf_name, np.ascontiguousarray(value))
+  for name, value in extra:
+    writer.add_tensor(name, value)
   writer.write_header_to_file()
   writer.write_kv_data_to_file()
   writer.write_tensors_to_file()
@@ -234,3 +247,25 @@ def test_gguf_architectures_match_transformers(tmp_path, arch, fields):
   got = llama.forward(llama.cast_params(params, cfg), tokens, cfg)
   delta = np.abs(log_softmax(got) - log_softmax(want)).max()
   assert delta <= 1e-3, f"{arch} GGUF: max |Δ log-softmax| = {delta:.2e}"
+
+
+def test_llama3_gguf_rope_freqs_match_transformers(checkpoints, tmp_path):
+  """A Llama 3 GGUF stores its RoPE scaling as per-frequency divisors (rope_freqs.weight,
+  here computed from transformers' own llama3 frequencies); memjax reads them into the config."""
+  from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+  _, model = checkpoints["llama3"]
+  config = model.config
+  scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+  half = scaled.shape[0]
+  plain = config.rope_parameters["rope_theta"] ** (-np.arange(half, dtype=np.float64) / half)
+  divisors = (plain / scaled.double().numpy()).astype(np.float32)
+  assert divisors.max() > 1.5  # the scaling really stretches some frequencies
+  path = write_gguf(tmp_path / "llama3.gguf", "llama", model, [("rope_freqs.weight", divisors)])
+  cfg, params, _ = load_checkpoint(path)
+  assert cfg.rope_scaling.kind == "factors"
+  tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, (1, SEQ), dtype=np.int32)
+  with torch.no_grad():
+    want = model(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
+  got = llama.forward(llama.cast_params(params, cfg), tokens, cfg)
+  delta = np.abs(log_softmax(got) - log_softmax(want)).max()
+  assert delta <= 1e-3, f"llama3 GGUF: max |Δ log-softmax| = {delta:.2e}"

@@ -5,7 +5,8 @@ llama, qwen2, qwen3, gemma3). Tensor names and shapes come from the family's par
 table. Weights are dequantised to float32 with the `gguf` package (F32/F16/BF16, Q4_0..Q8_0
 and the K-quants Q2_K..Q6_K), transposed to the `x @ w` layout and, for the "llama"
 architecture's q/k, re-ordered from llama.cpp's interleaved RoPE layout back to Hugging
-Face's "rotate_half" layout. Tokenizers: GPT-2 byte-level BPE ("gpt2") and SentencePiece
+Face's "rotate_half" layout. A `rope_freqs.weight` tensor (llama.cpp's Llama 3 RoPE
+scaling: one divisor per frequency) is read into the config, not the params. Tokenizers: GPT-2 byte-level BPE ("gpt2") and SentencePiece
 BPE ("llama", as Gemma's files describe it). See `memjax.io.layout` for the pytree.
 """
 
@@ -28,6 +29,8 @@ SUPPORTED_TYPES = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_
                              Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K})
 
 _REQUIRED = object()
+# llama.cpp's per-frequency RoPE divisors (Llama 3 scaling): a config tensor, not a parameter.
+ROPE_FREQS = "rope_freqs.weight"
 
 
 def load_gguf(path: str | pathlib.Path,
@@ -50,6 +53,7 @@ def load_gguf(path: str | pathlib.Path,
   reader = open_gguf(path)
   tensors = {tensor.name: tensor for tensor in reader.tensors}
   cfg = gguf_config(reader, path, dtype)
+  tensors.pop(ROPE_FREQS, None)  # read by gguf_config
   permute = get_family(cfg.family).gguf_interleaved_rope
 
   def read(name, row):
@@ -82,6 +86,7 @@ def gguf_config(reader: gguf.GGUFReader, path: pathlib.Path, dtype: str) -> Mode
   """ModelConfig from the `<architecture>.*` metadata and the family's own fields; tied
   embeddings when there is no output.weight."""
   architecture = _field(reader, "general.architecture", path)
+  rope_freqs = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
   try:
     family = family_of_gguf(architecture)
   except ValueError as e:
@@ -105,7 +110,7 @@ def gguf_config(reader: gguf.GGUFReader, path: pathlib.Path, dtype: str) -> Mode
       head_dim=head_dim,
       d_ff=int(get("feed_forward_length")),
       rope_theta=_float32_value(get("rope.freq_base", 10000.0)),
-      rope_scaling=_gguf_rope_scaling(get, path),
+      rope_scaling=_gguf_rope_scaling(get, rope_freqs, path),
       norm_eps=_float32_value(get("attention.layer_norm_rms_epsilon")),
       max_positions=int(get("context_length")),
       tie_embeddings="output.weight" not in {t.name for t in reader.tensors},
@@ -116,9 +121,15 @@ def gguf_config(reader: gguf.GGUFReader, path: pathlib.Path, dtype: str) -> Mode
     raise ModelFileError(f"{path}: inconsistent hyper-parameters: {e}") from e
 
 
-def _gguf_rope_scaling(get, path: pathlib.Path) -> RopeScaling | None:
-  """RoPE scaling from `rope.scaling.*` metadata ("none" or "linear")."""
+def _gguf_rope_scaling(get, rope_freqs: gguf.ReaderTensor | None,
+                       path: pathlib.Path) -> RopeScaling | None:
+  """RoPE scaling from `rope.scaling.*` metadata ("none" or "linear"), or from the
+  per-frequency divisors of a `rope_freqs.weight` tensor."""
   kind = get("rope.scaling.type", "none")
+  if rope_freqs is not None:
+    if kind != "none":
+      raise ModelFileError(f"{path}: both {ROPE_FREQS!r} and RoPE scaling {kind!r}")
+    return RopeScaling("factors", factors=tuple(dequantize(rope_freqs, path).tolist()))
   if kind == "none":
     return None
   if kind != "linear":

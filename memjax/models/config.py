@@ -21,7 +21,7 @@ TITANS_VARIANTS = ("mag", "mal")
 # Attention implementations: "auto" = Pallas kernels on TPU/GPU, XLA on CPU (memjax.kernels).
 AttentionImpl = Literal["auto", "xla", "tpu", "gpu"]
 ATTENTION_IMPLS = ("auto", "xla", "tpu", "gpu")
-ROPE_SCALINGS = ("linear", "llama3")
+ROPE_SCALINGS = ("linear", "llama3", "factors")
 MLP_ACTIVATIONS = ("silu", "gelu_tanh")
 LAYER_KINDS = ("global", "sliding")
 
@@ -31,26 +31,32 @@ class RopeScaling:
   """Stretched RoPE frequencies for contexts beyond the pre-training length.
 
   Attributes:
-    kind: "linear" (every frequency divided by `factor`, i.e. positions / factor) or
+    kind: "linear" (every frequency divided by `factor`, i.e. positions / factor),
       "llama3" (Llama 3.1: wavelengths longer than original_max_positions / low_freq_factor
       are divided by `factor`, those shorter than original_max_positions / high_freq_factor
-      kept, and the band between interpolated smoothly).
-    factor: the stretch.
+      kept, and the band between interpolated smoothly) or "factors" (frequency i divided
+      by factors[i], as llama.cpp stores Llama 3 scaling in GGUF files: rope_freqs.weight).
+    factor: the stretch ("linear", "llama3").
     low_freq_factor, high_freq_factor, original_max_positions: "llama3" only.
+    factors: "factors" only: one divisor per rotated pair [Dh / 2].
   """
 
-  kind: Literal["linear", "llama3"]
-  factor: float
+  kind: Literal["linear", "llama3", "factors"]
+  factor: float = 1.0
   low_freq_factor: float = 1.0
   high_freq_factor: float = 4.0
   original_max_positions: int = 8192
+  factors: tuple[float, ...] = ()
 
   def __post_init__(self):
     if self.kind not in ROPE_SCALINGS:
       raise ValueError(f"RoPE scaling {self.kind!r} is not supported; supported: "
                        f"{', '.join(ROPE_SCALINGS)}")
-    if self.factor <= 0:
-      raise ValueError(f"RoPE scaling factor must be > 0, got {self.factor}")
+    object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
+    if self.factor <= 0 or any(f <= 0 for f in self.factors):
+      raise ValueError(f"RoPE scaling factors must be > 0, got {self.factor}, {self.factors}")
+    if (self.kind == "factors") != bool(self.factors):
+      raise ValueError("RoPE scaling kind 'factors' needs factors (and only it takes them)")
     if self.kind == "llama3" and not self.high_freq_factor > self.low_freq_factor:
       raise ValueError(f"llama3 RoPE scaling needs high_freq_factor > low_freq_factor, got "
                        f"{self.high_freq_factor} and {self.low_freq_factor}")

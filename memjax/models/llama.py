@@ -105,6 +105,10 @@ def rope_frequencies(head_dim: int, theta: float,
     return inv_freq.astype(np.float32)
   if scaling.kind == "linear":
     return (inv_freq / scaling.factor).astype(np.float32)
+  if scaling.kind == "factors":
+    if len(scaling.factors) != half:
+      raise ValueError(f"{len(scaling.factors)} RoPE frequency factors for {half} frequencies")
+    return (inv_freq / np.asarray(scaling.factors)).astype(np.float32)
   wavelength = 2 * math.pi / inv_freq
   long_wavelength = scaling.original_max_positions / scaling.low_freq_factor
   short_wavelength = scaling.original_max_positions / scaling.high_freq_factor
