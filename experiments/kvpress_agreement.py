@@ -28,7 +28,11 @@ RESULTS = pathlib.Path(__file__).parent / "results"
 PRESSES = {"full": None, "streaming": "StreamingLLMPress", "leverage": "LeverageScorePress",
            "non_causal_attn": "NonCausalAttnPress", "compactor": "CompactorPress",
            "expected_attention": "ExpectedAttentionPress", "cur": "CURPress",
-           "lagkv": "LagKVPress"}
+           "lagkv": "LagKVPress", "kvzip": "KVzipPress", "kvzip_layerwise": "KVzipPress"}
+# kvpress-only rows (no memjax policy of that name): a press with non-default settings.
+# KVzipPress ranks every layer's and head's scores together by default; layerwise=True gives
+# each layer the same budget (its heads still share it unevenly); memjax: the same per head.
+PRESS_SETTINGS = {"kvzip_layerwise": {"layerwise": True}}
 NOTES = """# memjax policies against the kvpress presses of the same name
 
 SmolLM2-135M-Instruct (the same Q4_1 GGUF file, dequantised to float32, in memjax and in
@@ -70,8 +74,9 @@ def load_cells(path: pathlib.Path) -> dict[tuple, dict]:
   return {(r["framework"], r["policy"], r["fraction"]): r for r in rows}
 
 
-def run_memjax(lm, cases, policy: str, fraction: float | None) -> list[str]:
-  """Greedy answers of memjax under `policy` at a budget of fraction · 2,000 slots per layer."""
+def run_memjax(lm, cases, policy: str, fraction: float | None, once: bool) -> list[str]:
+  """Greedy answers of memjax under `policy` at a budget of fraction · 2,000 slots per layer,
+  compressing at every chunk or (`once`) once after the prefill, as kvpress does."""
   from memjax.eval.harness import budget_tokens
   from memjax.generation.generate import generate_ids
   contexts = [lm.tokenizer.encode(c.context) for c in cases]
@@ -79,7 +84,8 @@ def run_memjax(lm, cases, policy: str, fraction: float | None) -> list[str]:
   budget = None if fraction is None else budget_tokens(fraction, CONTEXT_TOKENS)
   answers = generate_ids(lm.params, lm.cfg, contexts, policy=policy, budget=budget,
                          questions=questions, max_new_tokens=MAX_NEW, prefill_chunk=CHUNK,
-                         eos_id=lm.tokenizer.eos_id)
+                         eos_id=lm.tokenizer.eos_id, encode=lm.tokenizer.encode,
+                         compress_once=once)
   return [lm.tokenizer.decode(a) for a in answers]
 
 
@@ -92,7 +98,8 @@ def run_kvpress(hf_model, lm, cases, policy: str, fraction: float | None) -> lis
   from transformers import DynamicCache
   press = None
   if PRESSES[policy] is not None:
-    press = getattr(kvpress, PRESSES[policy])(compression_ratio=1.0 - fraction)
+    press = getattr(kvpress, PRESSES[policy])(compression_ratio=1.0 - fraction,
+                                              **PRESS_SETTINGS.get(policy, {}))
   out = []
   for case in cases:
     ctx = torch.tensor([lm.tokenizer.encode(case.context)])
@@ -118,27 +125,27 @@ def run_kvpress(hf_model, lm, cases, policy: str, fraction: float | None) -> lis
 
 def agreement_table(cells: dict[tuple, dict]) -> str:
   """Markdown: accuracy of each policy in memjax and kvpress, and per-case agreement."""
-  lines = ["| policy | kept | memjax (per chunk) | kvpress (once after prefill) | same outcome |",
-           "|---|---|---|---|---|"]
+  lines = ["| policy | kept | memjax, per chunk | memjax, once after prefill | kvpress, once "
+           "after prefill | same outcome (memjax once, kvpress) |", "|---|---|---|---|---|---|"]
   for policy in PRESSES:
     for fraction in ([None] if policy == "full" else [0.25, 0.125]):
-      m, k = cells.get(("memjax", policy, fraction)), cells.get(("kvpress", policy, fraction))
-      if m is None and k is None:
+      m, o, k = (cells.get((f, policy, fraction)) for f in ("memjax", "memjax_once", "kvpress"))
+      if m is None and o is None and k is None:
         continue
       acc = lambda r: "–" if r is None else f"{sum(r['scores']):.0f}/{len(r['scores'])}"
       same = "–"
-      if m is not None and k is not None:
-        same = f"{sum(a == b for a, b in zip(m['scores'], k['scores']))}/{len(m['scores'])}"
+      if o is not None and k is not None:
+        same = f"{sum(a == b for a, b in zip(o['scores'], k['scores']))}/{len(o['scores'])}"
       kept = "100%" if fraction is None else f"{fraction:.1%}".replace(".0%", "%")
-      lines.append(f"| `{policy}` | {kept} | {acc(m)} | {acc(k)} | {same} |")
+      lines.append(f"| `{policy}` | {kept} | {acc(m)} | {acc(o)} | {acc(k)} | {same} |")
   return "\n".join(lines)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--n-cases", type=int, default=8)
+  parser.add_argument("--n-cases", type=int, default=16)
   parser.add_argument("--policies", nargs="*", default=list(PRESSES))
-  parser.add_argument("--frameworks", nargs="*", default=["memjax", "kvpress"])
+  parser.add_argument("--frameworks", nargs="*", default=["memjax", "memjax_once", "kvpress"])
   parser.add_argument("--jsonl", type=pathlib.Path, default=RESULTS / "kvpress_agreement.jsonl")
   parser.add_argument("--table-only", action="store_true")
   args = parser.parse_args()
@@ -153,11 +160,13 @@ def main():
     for policy in args.policies:
       for fraction in ([None] if policy == "full" else [0.25, 0.125]):
         for framework in args.frameworks:
-          if (framework, policy, fraction) in cells:
+          if (framework, policy, fraction) in cells or (
+              framework == "memjax_once" and policy == "full") or (  # full: nothing to compress
+              framework != "kvpress" and policy in PRESS_SETTINGS):
             continue
           start = time.time()
-          if framework == "memjax":
-            answers = run_memjax(lm, cases, policy, fraction)
+          if framework in ("memjax", "memjax_once"):
+            answers = run_memjax(lm, cases, policy, fraction, framework == "memjax_once")
           else:
             if hf_model is None:
               hf_model = load_hf_model()
@@ -198,6 +207,15 @@ def load_hf_model():
 
   for layer in model.model.layers:
     layer.self_attn.register_forward_pre_hook(alias_cache, with_kwargs=True)
+  # KVzipPress reloads the tokenizer by the model's name, which for a GGUF file is its
+  # directory: hand it the GGUF's tokenizer, without its chat template, so that its
+  # reconstruction prompt is the plain one memjax uses (no template prefix or suffix).
+  from kvpress.presses import kvzip_press
+  from transformers import AutoTokenizer
+  tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+  tokenizer.chat_template = None
+  kvzip_press.AutoTokenizer = type("GGUFTokenizer", (), {
+      "from_pretrained": staticmethod(lambda *args, **kwargs: tokenizer)})
   return model.eval()
 
 

@@ -93,7 +93,7 @@ class LanguageModel:
         self.params, self.cfg, prompts, policy=policy, budget=budget,
         budget_schedule=budget_schedule, questions=questions, max_new_tokens=max_new_tokens,
         prefill_chunk=prefill_chunk, temperature=temperature, seed=seed, eos_id=eos,
-        progress=progress)
+        progress=progress, encode=self.tokenizer.encode)
     outs = [self.tokenizer.decode(ids) for ids in new_ids] if as_text else new_ids
     return outs if batched else outs[0]
 

@@ -16,8 +16,16 @@ def lm():
 def test_policies_lists_every_registered_policy():
   assert memjax.policies() == ["full", "window", "streaming", "h2o", "tova", "snapkv",
                                "keydiff", "knorm", "random", "leverage", "non_causal_attn",
-                               "compactor", "expected_attention", "cur", "lagkv", "learned",
-                               "oracle"]
+                               "compactor", "expected_attention", "cur", "lagkv", "kvzip",
+                               "learned", "oracle"]
+
+
+def test_kvzip_generates_from_text(lm):
+  """`kvzip` writes its reconstruction prompt with the model's tokenizer; with a budget above
+  the prompt it answers like the full cache."""
+  prompt = "The capital of France is"
+  assert lm.generate(prompt, policy="kvzip", budget=64, max_new_tokens=4) == lm.generate(
+      prompt, max_new_tokens=4)
 
 
 def test_generate_text_ids_and_batches(lm):
@@ -63,19 +71,19 @@ def test_cli_rejects_unknown_config_key_with_suggestion(capsys, monkeypatch, tmp
 
 def test_cli_eval_writes_table_csv_and_plot(tmp_path, capsys, monkeypatch):
   monkeypatch.setenv("MEMJAX_COMPILATION_CACHE", str(tmp_path / "xla"))
-  args = ["eval", "configs/demo.yaml", "policies=[full,window]", "budgets=[0.5]",
+  args = ["eval", "configs/demo.yaml", "policies=[full,window,kvzip]", "budgets=[0.5]",
           "context_tokens=[200]", "n_cases=2", "batch_size=2", "max_new_tokens=7",
           f"output_dir={tmp_path}", "name=smoke"]
   assert cli.main(args) == 0
   out = capsys.readouterr().out
   assert "full cache" in out and "window" in out
   md = (tmp_path / "smoke.md").read_text()
-  assert "query-agnostic" in md and "| window |" in md
-  assert (tmp_path / "smoke.csv").read_text().count("\n") == 3
+  assert "query-agnostic" in md and "| window |" in md and "| kvzip |" in md
+  assert (tmp_path / "smoke.csv").read_text().count("\n") == 4
   assert (tmp_path / "smoke_single_200.png").stat().st_size > 10_000
-  # A rerun finds both rows in the log and computes nothing again.
+  # A rerun finds every row in the log and computes nothing again.
   log = (tmp_path / "smoke.rows.jsonl").read_text()
-  assert log.count("\n") == 2
+  assert log.count("\n") == 3
   assert cli.main(args + ["policies=[window]"]) == 0
   assert (tmp_path / "smoke.rows.jsonl").read_text() == log
   assert "| window |" in (tmp_path / "smoke.md").read_text()

@@ -46,6 +46,7 @@ def _answer_cases(lm: LanguageModel, cases, policy: str, budget: int | None,
     marks = None
     if pol.uses_marks:  # the oracle keeps the needles' own tokens
       marks = [retrieval.needle_marks(c, lm.tokenizer) for c in batch]
+    if pol.uses_marks or pol.compresses_once:  # both run on one device
       on_mesh = {}
     if cfg.query_aware:
       contexts, questions = [c + q for c, q in zip(contexts, questions)], None
@@ -53,7 +54,8 @@ def _answer_cases(lm: LanguageModel, cases, policy: str, budget: int | None,
     answers = generate_ids(lm.params, lm.cfg, contexts, policy=pol, budget=budget,
                            budget_schedule=cfg.budget_schedule, questions=questions,
                            max_new_tokens=cfg.max_new_tokens, prefill_chunk=cfg.prefill_chunk,
-                           eos_id=lm.tokenizer.eos_id, marks=marks, **on_mesh)
+                           eos_id=lm.tokenizer.eos_id, marks=marks,
+                           encode=lm.tokenizer.encode, **on_mesh)
     scores += [retrieval.score_answer(c, lm.tokenizer.decode(a)) for c, a in zip(batch, answers)]
   return scores
 
@@ -160,8 +162,9 @@ def perplexity_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog, on_mesh: di
                                    cfg.seed, text=text)
   rows = []
   for policy, budget in tqdm(_settings(cfg), desc="perplexity", disable=not progress):
-    if get_policy(policy).uses_marks:
-      continue  # the oracle marks needles of retrieval cases; prose has none
+    if get_policy(policy).uses_marks or get_policy(policy).compresses_once:
+      continue  # the oracle marks needles of retrieval cases (prose has none); a policy that
+      # compresses once after prefill has no prefill/decode split in a scored window
     key = log.key("perplexity", cfg.ppl_window_tokens, policy, budget)
     if key in log.done:
       rows.append(log.done[key])

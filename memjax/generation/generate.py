@@ -8,7 +8,7 @@ while that chunk is being inserted).
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from jax.sharding import Mesh
@@ -18,6 +18,7 @@ from memjax import checks
 from memjax.cache import budgets as budgets_lib
 from memjax.cache import kv_cache
 from memjax.cache.policies import Policy, get_policy
+from memjax.generation import step
 from memjax.models.config import ModelConfig
 from memjax.sharding.inference import placed_chunk_step
 from memjax.sharding.rules import Rules
@@ -102,6 +103,34 @@ def _first_logits(chunk_fn, params, cache, rows, chunk_len, marks=None):
   return last_logits, cache
 
 
+def _prefill_and_compress(params, cfg: ModelConfig, policy: Policy, prompts, encode,
+                          per_layer: list[int], room: int, prefill_chunk: int):
+  """Prefill `prompts` into a cache that holds them whole, score them, then keep
+  `per_layer[l]` slots of layer l with `room` free slots after them (for the question and
+  new tokens). Returns (last logits, cache).
+
+  A `compresses_once` policy is prefilled like `full` and scored by its own reconstruction
+  passes (they attend and are observed, never cached); any other policy is prefilled under
+  itself, so that it observes every chunk as usual, but nothing is evicted before the end.
+  """
+  full = get_policy("full")
+  capacity = resolve_budgets(cfg, full, None, max(len(p) for p in prompts) + room)
+  cache = kv_cache.init_cache(capacity, len(prompts), cfg.n_kv_heads, cfg.head_dim,
+                              cfg.jnp_dtype)
+  prefill_policy = full if policy.compresses_once else policy
+  logits, cache = _first_logits(step.jitted_chunk_step(cfg, prefill_policy, "last_logits"),
+                                params, cache, prompts, prefill_chunk)
+  if policy.compresses_once:
+    passes = [policy.reconstruction_rows(list(p), encode) for p in prompts]
+    longest = max(len(r) for rows in passes for r in rows)
+    score = step.jitted_scoring_pass(cfg, policy)
+    for i in range(max(len(rows) for rows in passes)):
+      tokens, valid = next(chunks([rows[i] if i < len(rows) else [] for rows in passes],
+                                  longest))
+      cache = score(params, cache, tokens, valid)
+  return logits, step.compress(cache, policy, per_layer, room, cfg.layer_plan())
+
+
 def sample(logits_BxV: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
   """Greedy (temperature 0) or softmax sampling at `temperature`: int32 [B]."""
   if temperature <= 0:
@@ -119,7 +148,9 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
                  prefill_chunk: int = 512, temperature: float = 0.0, seed: int = 0,
                  eos_id: int | None = None, progress: bool = False, mesh: Mesh | None = None,
                  rules: Rules | None = None,
-                 marks: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
+                 marks: Sequence[Sequence[int]] | None = None,
+                 encode: Callable[[str], list[int]] | None = None,
+                 compress_once: bool = False) -> list[list[int]]:
   """Generate continuations for a batch of prompts under a KV budget.
 
   Args:
@@ -136,6 +167,15 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
     marks: for the `oracle` policy (the only one that reads them): B rows of 0/1 flags, one
       per prompt token; marked tokens are kept whatever the budget. Question and generated
       tokens are unmarked. One device only.
+    encode: text -> token ids, for a policy that writes its own prompt (`kvzip`'s
+      reconstruction instruction); the tokenizer's `encode`.
+
+    compress_once: kvpress's protocol for any policy: prefill the whole prompt (the
+      policy observing every chunk), keep `budget` slots per layer once at its end, and
+      append the question and new tokens on top of them, evicting nothing more (one device
+      only; `full` is unchanged by it). Always on for a `compresses_once` policy (`kvzip`, which also scores the prompt
+      with its own reconstruction passes). By default (False) the cache holds `budget` slots
+      throughout: eviction at every prefill chunk, at the question and at every new token.
 
   Returns:
     B lists of generated ids (without the prompt; the EOS token is not included).
@@ -160,17 +200,28 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
     raise ValueError("marks need one row per prompt with one flag per prompt token")
   if marks is not None and mesh is not None:
     raise ValueError("marks (the oracle policy) run on one device; leave mesh unset")
+  compress_once = (compress_once and policy.evicts) or policy.compresses_once
+  if policy.compresses_once and encode is None:
+    raise ValueError(f"policy {policy.name!r} writes its own reconstruction prompt: pass "
+                     "encode=tokenizer.encode")
+  if compress_once and (mesh is not None or policy.uses_marks):
+    raise ValueError(f"compressing once after prefill (policy {policy.name!r}) runs on one "
+                     "device and reads no marks: leave mesh and marks unset")
   batch = len(prompts)
   longest_question = max((len(q) for q in questions), default=0) if questions else 0
   total = max(len(p) for p in prompts) + longest_question + max_new_tokens
   per_layer = resolve_budgets(cfg, policy, budget, total, budget_schedule)
-  cache = kv_cache.init_cache(per_layer, batch, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype)
-  chunk_fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "last_logits", mesh,
-                                              rules)
-
   unmarked = lambda rows: [[0] * len(r) for r in rows] if policy.uses_marks else None
-  logits, cache = _first_logits(chunk_fn, params, cache, prompts, prefill_chunk,
-                                marks if policy.uses_marks else None)
+  if compress_once:
+    logits, cache = _prefill_and_compress(params, cfg, policy, prompts, encode, per_layer,
+                                          total - max(len(p) for p in prompts), prefill_chunk)
+    chunk_fn = step.jitted_chunk_step(cfg, policy, "last_logits")
+  else:
+    cache = kv_cache.init_cache(per_layer, batch, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype)
+    chunk_fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "last_logits",
+                                                mesh, rules)
+    logits, cache = _first_logits(chunk_fn, params, cache, prompts, prefill_chunk,
+                                  marks if policy.uses_marks else None)
   if questions is not None and longest_question:
     q_logits, cache = _first_logits(chunk_fn, params, cache, questions, bucket(longest_question),
                                     unmarked(questions))

@@ -13,7 +13,8 @@ under the window mask on the XLA path. The policy and its budget apply to global
 from __future__ import annotations
 
 import functools
-from typing import Callable, Literal
+import itertools
+from typing import Callable, Literal, Sequence
 
 import einops
 import jax
@@ -77,11 +78,14 @@ def _window_attend(q, cands: LayerCache, positions_BxC, spec: LayerSpec):
 
 
 def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
-                 attend: Attend, marks_BxC: jax.Array | None = None):
+                 attend: Attend, marks_BxC: jax.Array | None = None, *, insert: bool = True):
   """A `llama.Mixer` that attends over cache ∪ chunk and then evicts down to the budget
   (or, for a policy that never evicts, appends the chunk in place and attends over that);
   a sliding-window block keeps a ring of its latest tokens instead. The block's RoPE
-  recovers pre-RoPE keys and queries for the policies that read them."""
+  recovers pre-RoPE keys and queries for the policies that read them. With `insert` False
+  the chunk only attends and the policy observes: the cached slots stay, with their new
+  statistics, and the chunk is dropped (a `compresses_once` scoring pass; a ring stays
+  as it is)."""
 
   def mix(spec, p, h, q, k, v, positions_BxC, state):
     cache, layer = state
@@ -94,6 +98,8 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
       v_bhcd = einops.rearrange(v, "b c h d -> b h c d")
       cands = kv_cache.candidates_of(cache, k_bhcd, v_bhcd, pos_BxHkvxC)
       out = _window_attend(q, cands, positions_BxC, spec)
+      if not insert:
+        return out, (cache, layer)
       return out, (kv_cache.ring_insert(cache, k_bhcd, v_bhcd, pos_BxHkvxC, t_end_B), layer)
     if not policy.evicts:
       cache = kv_cache.append_in_order(cache, einops.rearrange(k, "b c h d -> b h c d"),
@@ -115,6 +121,8 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
                                    fresh_stats_BxHkvxC)
     out, probs = _attend_slots(q, cands, positions_BxC, attend, policy.needs_attention, spec)
     cands = cands._replace(stats=policy.observe(cands.stats, probs, valid_BxC))
+    if not insert:
+      return out, (cache._replace(stats=cands.stats[..., :cache.capacity]), layer)
     k_pre = (_unrotate(cands.k, cands.pos, spec) if policy.needs_pre_rope_keys else None)
     if policy.observes_chunk:
       view = kv_cache.candidates_view(cands, policy, t_end_B, layer, cache.capacity, k_pre)
@@ -128,7 +136,8 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
 def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array,
                   valid_BxC: jax.Array, cfg: ModelConfig, policy: Policy, *,
                   mesh: Mesh | None = None, rules: Rules | None = None,
-                  marks_BxC: jax.Array | None = None) -> tuple[jax.Array, ModelCache]:
+                  marks_BxC: jax.Array | None = None,
+                  insert: bool = True) -> tuple[jax.Array, ModelCache]:
   """Run a chunk through every layer, updating the cache.
 
   Args:
@@ -138,6 +147,9 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
       reads as the fresh tokens' statistics; ignored by every other policy.
     mesh, rules: under a `jit` sharded on `mesh` (logical axis `rules`), Pallas attention
       runs per device block of batch rows and KV heads (`memjax.sharding.kernels`).
+    insert: False for a scoring pass of a `compresses_once` policy: the chunk attends at
+      the positions after the cached tokens and the policy observes it, but it is not
+      inserted and the clock does not move.
 
   Returns:
     hidden_BxCxD: final residual stream (before the final norm).
@@ -148,7 +160,7 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
   t_end_B = cache.t + jnp.sum(valid_BxC, axis=1, dtype=jnp.int32)
   attend = functools.partial(mesh_kernels.decode_attention, backend=cfg.attention_impl,
                              mesh=mesh, rules=rules)
-  mix = _cache_mixer(policy, valid_BxC, t_end_B, attend, marks_BxC)
+  mix = _cache_mixer(policy, valid_BxC, t_end_B, attend, marks_BxC, insert=insert)
   x = llama.embed(params, tokens_BxC, cfg)
   groups, start = [], 0
   for group in cache.groups:
@@ -158,7 +170,7 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
                                      start=start, stop=start + n)
     groups.append(group)
     start += n
-  return x, ModelCache(tuple(groups), t_end_B)
+  return x, ModelCache(tuple(groups), t_end_B if insert else cache.t)
 
 
 def chunk_step(params, cache, tokens_BxC, valid_BxC, targets_BxC=None, marks_BxC=None, *,
@@ -188,3 +200,44 @@ def jitted_chunk_step(cfg: ModelConfig, policy: Policy, output: Output):
   """
   return jax.jit(functools.partial(chunk_step, cfg=cfg, policy=policy, output=output),
                  donate_argnums=(1,))
+
+
+@functools.lru_cache(maxsize=16)
+def jitted_scoring_pass(cfg: ModelConfig, policy: Policy):
+  """`forward_chunk` with `insert=False`, compiled: (params, cache, tokens_BxC, valid_BxC)
+  -> the cache with the statistics of `policy.observe` updated; buffers donated."""
+  def run(params, cache, tokens_BxC, valid_BxC):
+    return forward_chunk(params, cache, tokens_BxC, valid_BxC, cfg, policy, insert=False)[1]
+
+  return jax.jit(run, donate_argnums=(1,))
+
+
+def compress(cache: ModelCache, policy: Policy, budgets: Sequence[int], room: int,
+             plan: Sequence[LayerSpec]) -> ModelCache:
+  """Keep the `budgets[l]` best slots of layer l by `policy.score`, once, followed by `room`
+  empty slots for the tokens still to come (a prompt compressed once after prefill).
+
+  The result is grouped like `kv_cache.init_cache` of budgets + room; the clock is unchanged.
+  `plan` (the model's `layer_plan()`) gives each layer's RoPE, to recover pre-RoPE keys for
+  a policy that scores them; a sliding-window layer keeps its ring as it is (it already
+  holds no more than its window).
+  """
+  layers = [jax.tree.map(lambda a: a[i], g) for g in cache.groups for i in range(g.pos.shape[0])]
+  if len(budgets) != len(layers):
+    raise ValueError(f"{len(budgets)} budgets for a cache of {len(layers)} layers")
+
+  def pad(a, fill):
+    return jnp.concatenate([a, jnp.full(a.shape[:2] + (room,) + a.shape[3:], fill, a.dtype)], 2)
+
+  kept = []
+  for layer, (slots, budget, spec) in enumerate(zip(layers, budgets, plan)):
+    if spec.window is not None:
+      kept.append(slots)
+      continue
+    k_pre = _unrotate(slots.k, slots.pos, spec) if policy.needs_pre_rope_keys else None
+    best = kv_cache.evict(slots, policy, cache.t, jnp.int32(layer), budget, k_pre)
+    kept.append(LayerCache(k=pad(best.k, 0), v=pad(best.v, 0), pos=pad(best.pos, kv_cache.EMPTY),
+                           stats=pad(best.stats, 0)))
+  groups = [jax.tree.map(lambda *a: jnp.stack(a), *run)
+            for _, run in itertools.groupby(kept, key=lambda c: c.capacity)]
+  return ModelCache(tuple(groups), cache.t)

@@ -91,7 +91,7 @@ def validate(params, cfg, tokenizer, cases: Sequence[RetrievalRow], kept_fractio
                            questions=list(questions), max_new_tokens=longest_answer,
                            prefill_chunk=prefill_chunk,
                            eos_id=getattr(tokenizer, "eos_id", None),
-                           marks=marks)
+                           marks=marks, encode=getattr(tokenizer, "encode", None))
     correct += [tokenizer.decode(a).strip().startswith(r.value) for r, a in zip(batch, answers)]
   metrics = {"accuracy": float(np.mean(correct))}
   if half_lives:

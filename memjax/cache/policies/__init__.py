@@ -12,6 +12,7 @@ from memjax.cache.policies.full import Full
 from memjax.cache.policies.h2o import H2O
 from memjax.cache.policies.keydiff import KeyDiff
 from memjax.cache.policies.knorm import KNorm
+from memjax.cache.policies.kvzip import KVzip
 from memjax.cache.policies.lagkv import LagKV
 from memjax.cache.policies.learned import Learned
 from memjax.cache.policies.leverage import Leverage
@@ -26,7 +27,7 @@ from memjax.cache.policies.window import Window
 REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls
     for cls in (Full, Window, Streaming, H2O, TOVA, SnapKV, KeyDiff, KNorm, Random, Leverage,
-                NonCausalAttn, Compactor, ExpectedAttention, CUR, LagKV, Learned, Oracle)
+                NonCausalAttn, Compactor, ExpectedAttention, CUR, LagKV, KVzip, Learned, Oracle)
 }
 
 

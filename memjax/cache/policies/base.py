@@ -12,7 +12,8 @@ Policies declare what they read with class flags, so that the cache mixer comput
 `needs_attention` (the chunk's attention probabilities, for `observe`), `needs_values` and
 `needs_pre_rope_keys` (extra fields of `Candidates`), and `observes_chunk` (a second hook,
 `observe_chunk`, that sees the whole chunk at once: its queries if `needs_queries`, its
-normed hidden states if `needs_hidden`). Pre-RoPE keys and queries are not stored: RoPE is a
+normed hidden states if `needs_hidden`). A policy with `compresses_once` is applied once,
+after the whole prompt has been prefilled (see `memjax.generation.reconstruction`). Pre-RoPE keys and queries are not stored: RoPE is a
 rotation by position, so they are recovered exactly by rotating back by -position.
 """
 
@@ -83,6 +84,9 @@ class Policy:
   needs_hidden: ClassVar[bool] = False
   # True for a policy that overrides `observe_chunk` (scores computed over the whole chunk).
   observes_chunk: ClassVar[bool] = False
+  # True for a prefill-then-compress method (`kvzip`): `generate` prefills the whole prompt,
+  # scores it with the policy's own passes, keeps the top S once, and evicts nothing after.
+  compresses_once: ClassVar[bool] = False
 
   def protected_slots(self, capacity: int) -> int:
     """Slots this policy always keeps (sinks, recent window); must be < capacity."""
