@@ -10,7 +10,7 @@ import pytest
 
 from memjax.cache.policies import get_policy
 from memjax.eval.perplexity import budgeted_logprobs
-from memjax.generation.generate import resolve_budgets
+from memjax.generation.generate import generate_ids, resolve_budgets
 from memjax.models import llama
 from memjax.models.config import tiny_config
 from memjax.models.families.gemma3 import pattern_kinds
@@ -67,3 +67,14 @@ def test_evicting_policy_equals_the_masked_forward(gemma, budget):
   want = masked_logprobs(params, cfg, toks, lambda i, j: j >= (i // CHUNK) * CHUNK - budget,
                          sliding_fn=lambda i, j: j >= (i // CHUNK) * CHUNK - ring)
   np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_compress_once_keeps_the_rings(gemma):
+  """Compressed once after prefill with a budget that holds the whole prompt, generation
+  equals `full`: the sliding layers' rings come through the compression intact."""
+  cfg, params = gemma
+  prompts = tokens(2)[:, :20].tolist()
+  full = generate_ids(params, cfg, prompts, policy="full", max_new_tokens=6, prefill_chunk=8)
+  once = generate_ids(params, cfg, prompts, policy="window", budget=26, max_new_tokens=6,
+                      prefill_chunk=8, compress_once=True)
+  assert once == full
