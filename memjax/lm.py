@@ -132,7 +132,9 @@ def _jitted_forward(cfg: ModelConfig):
 
 def load(name_or_path: str = "smollm2-135m", dtype: str = "float32",
          gates: str | None = None, attention_impl: str = "auto") -> LanguageModel:
-  """Load a model by registry name ("smollm2-135m"), .gguf path or Hugging Face directory.
+  """Load a model by registry name ("smollm2-135m", "gemma3-270m"), .gguf path, Hugging Face
+  directory, or Hugging Face repo id already in the local hub cache ("Qwen/Qwen3-0.6B"; never
+  downloaded). Families: Llama 1-3.x, Qwen2/2.5, Qwen3, Mistral, Gemma 2, Gemma 3.
 
   Args:
     name_or_path: what to load.

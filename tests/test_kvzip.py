@@ -33,15 +33,15 @@ def reference_scores(params, cfg, context, passes):
     tokens = jnp.asarray([context + row], jnp.int32)
     t = tokens.shape[1]
 
-    def mix(p, h, q, k, v, positions, state):
+    def mix(spec, p, h, q, k, v, positions, state):
       out, probs = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2),
                                     reference.causal_mask(positions))
       return out, probs.mean(axis=2)  # [B, Hkv, T, T]
 
     positions = jnp.arange(t, dtype=jnp.int32)[None]
     states = jnp.zeros((cfg.n_layers, 1, cfg.n_kv_heads, t, t))
-    x, probs = llama.run_layers(params["layers"], llama.embed(params, tokens, cfg), positions,
-                                states, mix, cfg)
+    x, probs = llama.run_layers(params, llama.embed(params, tokens, cfg), positions, states,
+                                mix, cfg)
     np.testing.assert_allclose(llama.unembed(params, x, cfg), llama.forward(params, tokens, cfg),
                                atol=1e-4)  # the recording forward is the model's forward
     from_pass = np.asarray(probs)[:, 0, :, len(context):, :len(context)].max(axis=2)
@@ -79,7 +79,7 @@ def test_scores_and_kept_set_match_the_plain_reference(chunk_size):
   np.testing.assert_array_equal(np.asarray(cache.t), [37, 22])  # passes move no clock
   stats = np.asarray(cache.groups[0].stats)  # [L, B, Hkv, S]; slot i holds position i
   budget = 9
-  kept = step.compress(cache, policy, [budget] * cfg.n_layers, 5, cfg.rope_theta)
+  kept = step.compress(cache, policy, [budget] * cfg.n_layers, 5, cfg.layer_plan())
   assert kept.budgets == [budget + 5] * cfg.n_layers
   kept_pos = np.asarray(kept.groups[0].pos)
   for b, row in enumerate(rows):
@@ -149,7 +149,7 @@ def test_compress_once_keeps_the_top_scores_of_the_whole_prompt(name):
   layer0 = jax.tree.map(lambda a: a[0], cache.groups[0])
   view = kv_cache.candidates_view(layer0, policy, cache.t, jnp.int32(0), 10)
   scores = np.where(np.asarray(layer0.pos) >= 0, np.asarray(policy.score(view)), -np.inf)
-  kept = step.compress(cache, policy, [10] * cfg.n_layers, 0, cfg.rope_theta)
+  kept = step.compress(cache, policy, [10] * cfg.n_layers, 0, cfg.layer_plan())
   kept_pos = np.asarray(kept.groups[0].pos)[0]
   for b in range(2):
     for h in range(cfg.n_kv_heads):

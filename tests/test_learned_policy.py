@@ -164,7 +164,7 @@ def layer0_attention(params, cfg, toks_BxT):
   p0 = jax.tree.map(lambda a: a[0], params["layers"])
   h = llama.rms_norm(llama.embed(params, toks_BxT, cfg), p0["attn_norm"], cfg.norm_eps)
   positions = jnp.broadcast_to(jnp.arange(toks_BxT.shape[1]), toks_BxT.shape)
-  q, k, v = llama.qkv(p0, h, positions, cfg)
+  q, k, v = llama.qkv(p0, h, positions, cfg.layer_plan()[0], cfg)
   _, probs = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2),
                               reference.causal_mask(positions))
   return probs

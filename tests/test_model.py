@@ -36,7 +36,7 @@ class ForwardTest(chex.TestCase):
 
     def logit_at_4(x):
       pos = jnp.arange(10)[None]
-      out, _ = llama.run_layers(params["layers"], x, pos, None, llama._full_causal_mix, cfg)
+      out, _ = llama.run_layers(params, x, pos, None, llama.full_causal_mixer(cfg), cfg)
       return llama.unembed(params, out, cfg)[0, 4].sum()
 
     grad = np.asarray(jax.grad(logit_at_4)(emb))

@@ -255,7 +255,8 @@ def test_pre_rope_keys_are_required_and_recovered_exactly():
   with pytest.raises(ValueError, match="pre-RoPE keys"):
     kv_cache.evict(layer, get_policy("leverage"), cands.t, cands.layer, S)
   from memjax.generation.step import _unrotate
-  back = np.asarray(_unrotate(cands.k, cands.pos, THETA))
+  from memjax.models.config import LayerSpec
+  back = np.asarray(_unrotate(cands.k, cands.pos, LayerSpec(rope_theta=THETA)))
   valid = x["pos"] >= 0
   np.testing.assert_allclose(back[valid], x["k_pre"][valid], atol=1e-5)
 

@@ -14,7 +14,8 @@ _MASKED = -1e30
 
 
 def attend(q_BxCxHqxDh: jax.Array, k_BxHkvxNxDh: jax.Array, v_BxHkvxNxDh: jax.Array,
-           mask_BxHkvxCxN: jax.Array) -> tuple[jax.Array, jax.Array]:
+           mask_BxHkvxCxN: jax.Array,
+           soft_cap: float | None = None) -> tuple[jax.Array, jax.Array]:
   """Grouped-query softmax attention of C queries over N keys.
 
   Query head h reads KV head h // G, where G = Hq // Hkv. Masked keys get zero probability;
@@ -25,6 +26,7 @@ def attend(q_BxCxHqxDh: jax.Array, k_BxHkvxNxDh: jax.Array, v_BxHkvxNxDh: jax.Ar
     k_BxHkvxNxDh: keys, already rotated.
     v_BxHkvxNxDh: values.
     mask_BxHkvxCxN: True where query c may attend key n (may broadcast over B or Hkv).
+    soft_cap: optional cap c of the scaled logits, c · tanh(s / c) (Gemma 2).
 
   Returns:
     out_BxCxHqxDh: attention output in the dtype of q.
@@ -35,6 +37,8 @@ def attend(q_BxCxHqxDh: jax.Array, k_BxHkvxNxDh: jax.Array, v_BxHkvxNxDh: jax.Ar
   scale = q_BxCxHqxDh.shape[-1] ** -0.5
   logits = jnp.einsum("bhgcd,bhnd->bhgcn", q_BxHkvxGxCxDh, k_BxHkvxNxDh,
                       preferred_element_type=jnp.float32) * scale
+  if soft_cap is not None:
+    logits = soft_cap * jnp.tanh(logits / soft_cap)
   mask_BxHkvx1xCxN = mask_BxHkvxCxN[:, :, None]
   logits = jnp.where(mask_BxHkvx1xCxN, logits, _MASKED)
   probs = jax.nn.softmax(logits, axis=-1)

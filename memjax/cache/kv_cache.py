@@ -102,6 +102,24 @@ def append_in_order(cache: LayerCache, k_BxHkvxCxDh: jax.Array, v_BxHkvxCxDh: ja
                     stats=put(cache.stats, jnp.zeros(pos_BxHkvxC.shape, jnp.float32)))
 
 
+def ring_insert(cache: LayerCache, k_BxHkvxCxDh: jax.Array, v_BxHkvxCxDh: jax.Array,
+                pos_BxHkvxC: jax.Array, t_end_B: jax.Array) -> LayerCache:
+  """Write a chunk into a ring of S slots that keeps the latest S tokens (sliding-window
+  layers): position p goes to slot p mod S. Chunk tokens older than t_end - S, and
+  padding (pos = -1), are not written, so no slot is written twice."""
+  capacity = cache.capacity
+  keep = (pos_BxHkvxC >= 0) & (pos_BxHkvxC >= t_end_B[:, None, None] - capacity)
+  slots_BxHkvxC = jnp.where(keep, pos_BxHkvxC % capacity, capacity)
+
+  def put(buf, new):
+    put_row = lambda b, n, s: b.at[s].set(n.astype(b.dtype), mode="drop")
+    return jax.vmap(jax.vmap(put_row))(buf, new, slots_BxHkvxC)
+
+  return LayerCache(k=put(cache.k, k_BxHkvxCxDh), v=put(cache.v, v_BxHkvxCxDh),
+                    pos=put(cache.pos, pos_BxHkvxC),
+                    stats=put(cache.stats, jnp.zeros(pos_BxHkvxC.shape, jnp.float32)))
+
+
 def keep_best(cands: LayerCache, scores_BxHkvxN: jax.Array, capacity: int) -> LayerCache:
   """Keep the `capacity` highest-scoring valid candidates per (batch row, KV head).
 

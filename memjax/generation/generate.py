@@ -56,9 +56,14 @@ def resolve_budgets(cfg: ModelConfig, policy: Policy, budget: int | None, total_
   that similar lengths share a compilation); it refuses sequences longer than the model's
   maximum positions. Other policies need an int budget larger than their protected slots;
   no layer gets more than `total_tokens` slots (all the sequence can ever hold), so a
-  budget beyond the sequence costs no more than `full`.
+  budget beyond the sequence costs no more than `full`. A sliding-window layer never gets
+  more than its window (its ring of latest tokens, `kv_cache.ring_insert`); the budget and
+  the policy's protected slots concern the global layers.
   """
   budget = checks.optional_integer("budget", budget, 1, "mean KV slots per layer")
+  windows = [spec.window for spec in cfg.layer_plan()]
+  cap = lambda slots: [slots_l if w is None else min(w, slots_l)
+                       for slots_l, w in zip(slots, windows)]
   if policy.name == "full":
     if total_tokens > cfg.max_positions:
       raise ValueError(
@@ -66,18 +71,19 @@ def resolve_budgets(cfg: ModelConfig, policy: Policy, budget: int | None, total_
           f"of {cfg.max_positions} positions; shorten the prompt or use a budgeted policy "
           f"such as policy='streaming'")
     capacity = FULL_CAPACITY_QUANTUM * math.ceil(total_tokens / FULL_CAPACITY_QUANTUM)
-    return [min(capacity, cfg.max_positions)] * cfg.n_layers
+    return cap([min(capacity, cfg.max_positions)] * cfg.n_layers)
   if budget is None:
     raise ValueError(f"policy {policy.name!r} needs a budget (KV slots per layer), e.g. budget=256")
   per_layer = budgets_lib.layer_budgets(budget, cfg.n_layers, schedule)
-  smallest = min(per_layer)
-  protected = policy.protected_slots(smallest)
-  if protected >= smallest:
+  global_slots = [slots for slots, w in zip(per_layer, windows) if w is None]
+  smallest = min(global_slots, default=None)
+  if smallest is not None and policy.protected_slots(smallest) >= smallest:
+    protected = policy.protected_slots(smallest)
     raise ValueError(
         f"budget too small: policy {policy.name!r} protects {protected} slots but a layer gets "
         f"only {smallest} (budget={budget}, schedule={schedule!r}); use a budget of at least "
         f"{protected + 1} slots per layer in every layer, or shrink the policy's protected window")
-  return [min(slots, total_tokens) for slots in per_layer]
+  return cap([min(slots, total_tokens) for slots in per_layer])
 
 
 def _first_logits(chunk_fn, params, cache, rows, chunk_len, marks=None):
@@ -122,7 +128,7 @@ def _prefill_and_compress(params, cfg: ModelConfig, policy: Policy, prompts, enc
       tokens, valid = next(chunks([rows[i] if i < len(rows) else [] for rows in passes],
                                   longest))
       cache = score(params, cache, tokens, valid)
-  return logits, step.compress(cache, policy, per_layer, room, cfg.rope_theta)
+  return logits, step.compress(cache, policy, per_layer, room, cfg.layer_plan())
 
 
 def sample(logits_BxV: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:

@@ -4,6 +4,10 @@ A chunk of C tokens (C = 1 at decode) attends over each layer's S cached slots p
 itself; then every layer keeps its best S candidates by policy score. Rows of a batch
 may hold different numbers of real tokens: padding sits at the end of a chunk
 (`valid` False) and is never inserted.
+
+A sliding-window layer (`LayerSpec.window`) is never scored: its cache is a ring of
+min(window, budget) slots holding the latest tokens (`kv_cache.ring_insert`), attended
+under the window mask on the XLA path. The policy and its budget apply to global layers.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from memjax.cache import kv_cache
 from memjax.cache.kv_cache import LayerCache, ModelCache
 from memjax.cache.policies import Policy
 from memjax.cache.policies.base import Chunk
+from memjax.attention import reference
 from memjax.models import llama
-from memjax.models.config import ModelConfig
+from memjax.models.config import LayerSpec, ModelConfig
 from memjax.retention import gate
 from memjax.sharding import kernels as mesh_kernels
 from memjax.sharding.rules import Rules
@@ -32,56 +37,75 @@ Output = Literal["last_logits", "target_logprobs"]
 Attend = Callable[..., tuple[jax.Array, jax.Array | None]]
 
 
-def _attend_slots(q, cache: LayerCache, positions_BxC, attend: Attend, with_probs: bool):
+def _attend_slots(q, cache: LayerCache, positions_BxC, attend: Attend, with_probs: bool,
+                  spec: LayerSpec):
   """Attention of the chunk's queries over slots (causal by position, empty slots masked).
 
   Returns the output and, if asked, the probabilities as policies read them,
   [B, Hkv, 1, C, N]: already averaged over each KV head's group of query heads.
   """
-  out, slot_mass_BxHkvxCxN = attend(q, cache, positions_BxC, with_slot_mass=with_probs)
+  out, slot_mass_BxHkvxCxN = attend(q, cache, positions_BxC, with_slot_mass=with_probs,
+                                    soft_cap=spec.attn_soft_cap)
   return out, (slot_mass_BxHkvxCxN[:, :, None] if with_probs else None)
 
 
-def _unrotate(x_BxHxNxDh: jax.Array, pos_BxHxN: jax.Array, rope_theta: float) -> jax.Array:
-  """Keys (or queries) before RoPE: rotated back by -position (RoPE is a rotation)."""
+def _unrotate(x_BxHxNxDh: jax.Array, pos_BxHxN: jax.Array, spec: LayerSpec) -> jax.Array:
+  """Keys (or queries) before the block's RoPE: rotated back by -position (RoPE is a
+  rotation)."""
   b, h, n, d = x_BxHxNxDh.shape
   flat = llama.rope(x_BxHxNxDh.reshape(b * h, n, 1, d), -pos_BxHxN.reshape(b * h, n),
-                    rope_theta)
+                    spec.rope_theta, spec.rope_scaling)
   return flat.reshape(b, h, n, d)
 
 
-def _chunk_view(policy: Policy, q, h, positions_BxC, valid_BxC, rope_theta: float) -> Chunk:
+def _chunk_view(policy: Policy, q, h, positions_BxC, valid_BxC, spec: LayerSpec) -> Chunk:
   """The chunk as `policy.observe_chunk` reads it (queries and hidden states only if asked)."""
   q_pre = None
   if policy.needs_queries:
     q_bhcd = einops.rearrange(q, "b c h d -> b h c d")
     pos_BxHqxC = jnp.broadcast_to(positions_BxC[:, None, :], q_bhcd.shape[:3])
-    q_pre = einops.rearrange(_unrotate(q_bhcd, pos_BxHqxC, rope_theta), "b h c d -> b c h d")
-  return Chunk(positions=positions_BxC, valid=valid_BxC, rope_theta=rope_theta,
+    q_pre = einops.rearrange(_unrotate(q_bhcd, pos_BxHqxC, spec), "b h c d -> b c h d")
+  return Chunk(positions=positions_BxC, valid=valid_BxC, rope_theta=spec.rope_theta,
                q=q if policy.needs_queries else None, q_pre=q_pre,
                h=h if policy.needs_hidden else None)
 
 
-def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
-                 attend: Attend, marks_BxC: jax.Array | None = None, *,
-                 rope_theta: float, insert: bool = True):
-  """A `llama.Mixer` that attends over cache ∪ chunk and then evicts down to the budget
-  (or, for a policy that never evicts, appends the chunk in place and attends over that).
-  `rope_theta` recovers pre-RoPE keys and queries for the policies that read them. With
-  `insert` False the chunk only attends and the policy observes: the cached slots stay,
-  with their new statistics, and the chunk is dropped (a `compresses_once` scoring pass)."""
+def _window_attend(q, cands: LayerCache, positions_BxC, spec: LayerSpec):
+  """The chunk's queries over ring ∪ chunk: causal, within the window, empty slots masked."""
+  gap_BxHkvxCxN = positions_BxC[:, None, :, None] - cands.pos[:, :, None, :]
+  mask = (cands.pos[:, :, None, :] >= 0) & (gap_BxHkvxCxN >= 0) & (gap_BxHkvxCxN < spec.window)
+  return reference.attend(q, cands.k, cands.v, mask, spec.attn_soft_cap)[0]
 
-  def mix(p, h, q, k, v, positions_BxC, state):
+
+def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
+                 attend: Attend, marks_BxC: jax.Array | None = None, *, insert: bool = True):
+  """A `llama.Mixer` that attends over cache ∪ chunk and then evicts down to the budget
+  (or, for a policy that never evicts, appends the chunk in place and attends over that);
+  a sliding-window block keeps a ring of its latest tokens instead. The block's RoPE
+  recovers pre-RoPE keys and queries for the policies that read them. With `insert` False
+  the chunk only attends and the policy observes: the cached slots stay, with their new
+  statistics, and the chunk is dropped (a `compresses_once` scoring pass; a ring stays
+  as it is)."""
+
+  def mix(spec, p, h, q, k, v, positions_BxC, state):
     cache, layer = state
     n_kv = k.shape[2]
     pos_BxHkvxC = jnp.broadcast_to(
         jnp.where(valid_BxC, positions_BxC, kv_cache.EMPTY)[:, None, :],
         (k.shape[0], n_kv, k.shape[1]))
+    if spec.window is not None:
+      k_bhcd = einops.rearrange(k, "b c h d -> b h c d")
+      v_bhcd = einops.rearrange(v, "b c h d -> b h c d")
+      cands = kv_cache.candidates_of(cache, k_bhcd, v_bhcd, pos_BxHkvxC)
+      out = _window_attend(q, cands, positions_BxC, spec)
+      if not insert:
+        return out, (cache, layer)
+      return out, (kv_cache.ring_insert(cache, k_bhcd, v_bhcd, pos_BxHkvxC, t_end_B), layer)
     if not policy.evicts:
       cache = kv_cache.append_in_order(cache, einops.rearrange(k, "b c h d -> b h c d"),
                                        einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                        positions_BxC[:, 0])
-      return _attend_slots(q, cache, positions_BxC, attend, False)[0], (cache, layer)
+      return _attend_slots(q, cache, positions_BxC, attend, False, spec)[0], (cache, layer)
     fresh_stats_BxHkvxC = None
     if policy.uses_retention_gate:
       log_beta_BxCxHkv = gate.log_beta(gate.layer_gate(p, f"policy {policy.name!r}"), h)
@@ -95,16 +119,14 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
     cands = kv_cache.candidates_of(cache, einops.rearrange(k, "b c h d -> b h c d"),
                                    einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                    fresh_stats_BxHkvxC)
-    out, probs = _attend_slots(q, cands, positions_BxC, attend,
-                               policy.needs_attention)
+    out, probs = _attend_slots(q, cands, positions_BxC, attend, policy.needs_attention, spec)
     cands = cands._replace(stats=policy.observe(cands.stats, probs, valid_BxC))
     if not insert:
       return out, (cache._replace(stats=cands.stats[..., :cache.capacity]), layer)
-    k_pre = (_unrotate(cands.k, cands.pos, rope_theta) if policy.needs_pre_rope_keys
-             else None)
+    k_pre = (_unrotate(cands.k, cands.pos, spec) if policy.needs_pre_rope_keys else None)
     if policy.observes_chunk:
       view = kv_cache.candidates_view(cands, policy, t_end_B, layer, cache.capacity, k_pre)
-      chunk = _chunk_view(policy, q, h, positions_BxC, valid_BxC, rope_theta)
+      chunk = _chunk_view(policy, q, h, positions_BxC, valid_BxC, spec)
       cands = cands._replace(stats=policy.observe_chunk(view, chunk))
     return out, (kv_cache.evict(cands, policy, t_end_B, layer, cache.capacity, k_pre), layer)
 
@@ -138,15 +160,14 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
   t_end_B = cache.t + jnp.sum(valid_BxC, axis=1, dtype=jnp.int32)
   attend = functools.partial(mesh_kernels.decode_attention, backend=cfg.attention_impl,
                              mesh=mesh, rules=rules)
-  mix = _cache_mixer(policy, valid_BxC, t_end_B, attend, marks_BxC, rope_theta=cfg.rope_theta,
-                     insert=insert)
+  mix = _cache_mixer(policy, valid_BxC, t_end_B, attend, marks_BxC, insert=insert)
   x = llama.embed(params, tokens_BxC, cfg)
   groups, start = [], 0
   for group in cache.groups:
     n = group.pos.shape[0]
-    layers = jax.tree.map(lambda a: a[start:start + n], params["layers"])
     layer_ids = jnp.arange(start, start + n, dtype=jnp.int32)
-    x, (group, _) = llama.run_layers(layers, x, positions_BxC, (group, layer_ids), mix, cfg)
+    x, (group, _) = llama.run_layers(params, x, positions_BxC, (group, layer_ids), mix, cfg,
+                                     start=start, stop=start + n)
     groups.append(group)
     start += n
   return x, ModelCache(tuple(groups), t_end_B if insert else cache.t)
@@ -192,12 +213,14 @@ def jitted_scoring_pass(cfg: ModelConfig, policy: Policy):
 
 
 def compress(cache: ModelCache, policy: Policy, budgets: Sequence[int], room: int,
-             rope_theta: float) -> ModelCache:
+             plan: Sequence[LayerSpec]) -> ModelCache:
   """Keep the `budgets[l]` best slots of layer l by `policy.score`, once, followed by `room`
   empty slots for the tokens still to come (a prompt compressed once after prefill).
 
   The result is grouped like `kv_cache.init_cache` of budgets + room; the clock is unchanged.
-  `rope_theta` recovers pre-RoPE keys for a policy that scores them.
+  `plan` (the model's `layer_plan()`) gives each layer's RoPE, to recover pre-RoPE keys for
+  a policy that scores them; a sliding-window layer keeps its ring as it is (it already
+  holds no more than its window).
   """
   layers = [jax.tree.map(lambda a: a[i], g) for g in cache.groups for i in range(g.pos.shape[0])]
   if len(budgets) != len(layers):
@@ -207,8 +230,11 @@ def compress(cache: ModelCache, policy: Policy, budgets: Sequence[int], room: in
     return jnp.concatenate([a, jnp.full(a.shape[:2] + (room,) + a.shape[3:], fill, a.dtype)], 2)
 
   kept = []
-  for layer, (slots, budget) in enumerate(zip(layers, budgets)):
-    k_pre = _unrotate(slots.k, slots.pos, rope_theta) if policy.needs_pre_rope_keys else None
+  for layer, (slots, budget, spec) in enumerate(zip(layers, budgets, plan)):
+    if spec.window is not None:
+      kept.append(slots)
+      continue
+    k_pre = _unrotate(slots.k, slots.pos, spec) if policy.needs_pre_rope_keys else None
     best = kv_cache.evict(slots, policy, cache.t, jnp.int32(layer), budget, k_pre)
     kept.append(LayerCache(k=pad(best.k, 0), v=pad(best.v, 0), pos=pad(best.pos, kv_cache.EMPTY),
                            stats=pad(best.stats, 0)))

@@ -1,4 +1,9 @@
-"""Load a Hugging Face Llama directory (config.json + *.safetensors + tokenizer.json).
+"""Load a Hugging Face checkpoint directory (config.json + *.safetensors + tokenizer.json).
+
+The family comes from config.json's `model_type` (memjax.models.families); tensor names and
+shapes from its parameter table. Both spellings of RoPE settings are read: transformers 5's
+`rope_parameters` (one dict, or one per layer kind as Gemma 3 has) and the older
+`rope_theta` / `rope_scaling`.
 
 The safetensors format is parsed here with numpy (no dependency): an 8-byte little-endian header
 length N, N bytes of JSON mapping tensor names to {dtype, shape, data_offsets}, then raw
@@ -16,24 +21,19 @@ import numpy as np
 from memjax.io import layout
 from memjax.io.errors import ModelFileError
 from memjax.io.tokenizer import Tokenizer
-from memjax.models.config import ModelConfig
+from memjax.models.config import ModelConfig, RopeScaling
+from memjax.models.families import family_of_hf
 
 # safetensors dtype name -> numpy dtype of its little-endian bytes.
 _DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16)}
 
-# Hugging Face per-layer weight name (after "model.layers.{i}.") -> memjax layer parameter.
-LAYER_TENSORS = {
-    "input_layernorm.weight": "attn_norm", "self_attn.q_proj.weight": "wq",
-    "self_attn.k_proj.weight": "wk", "self_attn.v_proj.weight": "wv",
-    "self_attn.o_proj.weight": "wo", "post_attention_layernorm.weight": "mlp_norm",
-    "mlp.gate_proj.weight": "w_gate", "mlp.up_proj.weight": "w_up",
-    "mlp.down_proj.weight": "w_down",
-}
+# config.json `layer_types` entry -> ModelConfig layer kind.
+_LAYER_KINDS = {"full_attention": "global", "sliding_attention": "sliding"}
 
 
 def load_hf_dir(directory: str | pathlib.Path,
                 dtype: str = "float32") -> tuple[ModelConfig, dict, Tokenizer | None]:
-  """Reads a Hugging Face Llama checkpoint directory.
+  """Reads a Hugging Face checkpoint directory of a supported family.
 
   Args:
     directory: holds config.json, one or several *.safetensors and, optionally, tokenizer.json.
@@ -44,12 +44,12 @@ def load_hf_dir(directory: str | pathlib.Path,
     `x @ w`); tokenizer is None when the directory has no tokenizer.json.
 
   Raises:
-    ModelFileError: missing/invalid config.json, a non-Llama model, unsupported options, no
-      weights, a missing or mis-shaped tensor, or a truncated/corrupt safetensors file.
+    ModelFileError: missing/invalid config.json, an unsupported model type or option, no
+      weights, a missing, unknown or mis-shaped tensor, or a truncated/corrupt safetensors file.
   """
   directory = pathlib.Path(directory)
   hf_config = _read_json(directory / "config.json")
-  cfg = hf_llama_config(hf_config, directory, dtype)
+  cfg = hf_model_config(hf_config, directory, dtype)
   files = sorted(directory.glob("*.safetensors"))
   if not files:
     raise ModelFileError(f"{directory}: no *.safetensors weight files")
@@ -59,13 +59,13 @@ def load_hf_dir(directory: str | pathlib.Path,
       if name in tensors:
         raise ModelFileError(f"{file}: tensor {name!r} is also in another *.safetensors file")
       tensors[name] = (array, file)
-  params = layout.allocate_params(cfg)
-  for name, key, layer, transpose in _hf_tensor_names(cfg):
-    if name not in tensors:
-      raise ModelFileError(f"{directory}: missing tensor {name!r}")
-    array, file = tensors[name]
-    layout.store(params, key, array.T if transpose else array, layer=layer, source=name,
-                 file=file)
+
+  def read(name, row):
+    array = tensors[name][0]
+    return array.astype(np.float32) + row.hf_offset if row.hf_offset else array
+
+  params = layout.fill_params(cfg, "hf", list(tensors), read,
+                              lambda name: tensors[name][1] if name else directory)
   tokenizer_json = directory / "tokenizer.json"
   tokenizer = None
   if tokenizer_json.exists():
@@ -74,25 +74,23 @@ def load_hf_dir(directory: str | pathlib.Path,
   return cfg, params, tokenizer
 
 
-def hf_llama_config(hf_config: dict, directory: pathlib.Path, dtype: str) -> ModelConfig:
-  """ModelConfig from a Hugging Face LlamaConfig dict (transformers 4.x or 5.x spelling)."""
-  architectures = hf_config.get("architectures") or []
-  if hf_config.get("model_type") != "llama" and "LlamaForCausalLM" not in architectures:
-    raise ModelFileError(f"{directory}: model_type {hf_config.get('model_type')!r} / "
-                         f"architectures {architectures} is not a Llama model")
-  rope = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
-  rope_type = rope.get("rope_type", rope.get("type", "default"))
-  unsupported = {"RoPE scaling": rope_type != "default",
-                 "attention_bias": hf_config.get("attention_bias", False),
-                 "mlp_bias": hf_config.get("mlp_bias", False),
-                 f"hidden_act {hf_config.get('hidden_act')!r}":
-                     hf_config.get("hidden_act", "silu") != "silu"}
-  for option, present in unsupported.items():
-    if present:
-      raise ModelFileError(f"{directory}: {option} is not supported")
-  n_heads = hf_config["num_attention_heads"]
+def hf_model_config(hf_config: dict, directory: pathlib.Path, dtype: str) -> ModelConfig:
+  """ModelConfig from a Hugging Face config.json dict (transformers 4.x or 5.x spelling):
+  the common fields here, the family's own from its `hf_fields`."""
   try:
-    return ModelConfig(
+    family = family_of_hf(hf_config.get("model_type"), hf_config.get("architectures") or [])
+    theta, scaling = hf_rope(hf_config)
+    kinds = hf_config.get("layer_types")
+    if kinds is not None:
+      unknown = sorted(set(kinds) - _LAYER_KINDS.keys())
+      if unknown:
+        raise ValueError(f"layer_types {unknown} are not supported (supported: "
+                         f"{', '.join(_LAYER_KINDS)})")
+      kinds = tuple(_LAYER_KINDS[k] for k in kinds)
+    sliding = kinds is None or "sliding" in kinds
+    n_heads = hf_config["num_attention_heads"]
+    fields = dict(
+        family=family.name,
         vocab_size=hf_config["vocab_size"],
         d_model=hf_config["hidden_size"],
         n_layers=hf_config["num_hidden_layers"],
@@ -100,16 +98,49 @@ def hf_llama_config(hf_config: dict, directory: pathlib.Path, dtype: str) -> Mod
         n_kv_heads=hf_config.get("num_key_value_heads") or n_heads,
         head_dim=hf_config.get("head_dim") or hf_config["hidden_size"] // n_heads,
         d_ff=hf_config["intermediate_size"],
-        rope_theta=float(rope.get("rope_theta", hf_config.get("rope_theta", 10000.0))),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        sliding_window=hf_config.get("sliding_window") if sliding else None,
+        layer_kinds=kinds if kinds is not None and "sliding" in kinds else None,
         norm_eps=float(hf_config.get("rms_norm_eps", 1e-6)),
         max_positions=hf_config.get("max_position_embeddings", 2048),
         tie_embeddings=hf_config.get("tie_word_embeddings", False),
         dtype=dtype,
     )
+    return ModelConfig(**{**fields, **family.hf_fields(hf_config)})
   except KeyError as e:
     raise ModelFileError(f"{directory}/config.json: missing key {e}") from e
   except ValueError as e:
     raise ModelFileError(f"{directory}/config.json: {e}") from e
+
+
+def hf_rope(hf_config: dict, layer_kind: str = "full_attention") -> tuple[float,
+                                                                          RopeScaling | None]:
+  """(theta, scaling) of the RoPE of `layer_kind` layers from `rope_parameters` (flat, or
+  one dict per layer kind) or, in older configs, `rope_theta` and `rope_scaling`.
+
+  Raises:
+    ValueError: a RoPE type other than default, linear and llama3.
+  """
+  rope = hf_config.get("rope_parameters")
+  if isinstance(rope, dict) and isinstance(rope.get(layer_kind), dict):
+    rope = rope[layer_kind]
+  if rope is None:
+    rope = {**(hf_config.get("rope_scaling") or {}),
+            "rope_theta": hf_config.get("rope_theta", 10000.0)}
+  theta = float(rope.get("rope_theta", hf_config.get("rope_theta", 10000.0)))
+  kind = rope.get("rope_type", rope.get("type", "default"))
+  if kind == "default":
+    return theta, None
+  if kind == "linear":
+    return theta, RopeScaling("linear", factor=float(rope["factor"]))
+  if kind == "llama3":
+    return theta, RopeScaling(
+        "llama3", factor=float(rope["factor"]), low_freq_factor=float(rope["low_freq_factor"]),
+        high_freq_factor=float(rope["high_freq_factor"]),
+        original_max_positions=int(rope["original_max_position_embeddings"]))
+  raise ValueError(f"RoPE scaling {kind!r} is not supported (supported: default, linear, "
+                   "llama3)")
 
 
 def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
@@ -160,17 +191,6 @@ def _tensor_view(data: np.ndarray, name: str, info: dict, path: pathlib.Path) ->
         f"{path}: tensor {name!r} has data_offsets {[begin, end]}, inconsistent with "
         f"{dtype_name} shape {shape}")
   return data[begin:end].view(dtype).reshape(shape)
-
-
-def _hf_tensor_names(cfg: ModelConfig):
-  """Yields (HF name, memjax key, layer or None, transpose?) for every parameter."""
-  yield "model.embed_tokens.weight", "embed", None, False
-  yield "model.norm.weight", "final_norm", None, False
-  if not cfg.tie_embeddings:
-    yield "lm_head.weight", "lm_head", None, True
-  for i in range(cfg.n_layers):
-    for suffix, key in LAYER_TENSORS.items():
-      yield f"model.layers.{i}.{suffix}", key, i, not key.endswith("norm")
 
 
 def _read_json(path: pathlib.Path) -> dict:

@@ -1,8 +1,10 @@
 """Text <-> token ids, on top of the Hugging Face `tokenizers` library.
 
-Two ways in: `Tokenizer.from_byte_level_bpe` rebuilds a GPT-2-style byte-level BPE tokenizer from
-the vocabulary stored in a GGUF file's metadata; `Tokenizer.from_files` reads a `tokenizer.json`
-(plus optional `tokenizer_config.json`) from a Hugging Face model directory.
+Three ways in: `Tokenizer.from_byte_level_bpe` rebuilds a GPT-2-style byte-level BPE tokenizer
+from the vocabulary stored in a GGUF file's metadata, `Tokenizer.from_sentencepiece_bpe` a
+SentencePiece-style BPE one (Gemma's GGUF files: "▁" for spaces, byte fallback, no merges
+stored); `Tokenizer.from_files` reads a `tokenizer.json` (plus optional
+`tokenizer_config.json`) from a Hugging Face model directory.
 
 BOS/EOS: `encode` adds exactly the special tokens the model's files ask for, like
 `transformers.AutoTokenizer(...).encode`. For GGUF that is the `tokenizer.ggml.add_bos_token` /
@@ -19,13 +21,15 @@ import pathlib
 from collections.abc import Iterable, Sequence
 
 import tokenizers
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
 
 from memjax import checks
 
 # llama.cpp token types (tokenizer.ggml.token_type).
 TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
+# SentencePiece's visible space.
+SPACE = "\u2581"
 
 # `tokenizer.ggml.pre` values whose text splitting is the GPT-2 regex of the ByteLevel
 # pre-tokenizer. transformers builds exactly this for them, and we match transformers' ids.
@@ -91,16 +95,47 @@ class Tokenizer:
     backend.decoder = decoders.ByteLevel()
 
     alphabet = _byte_alphabet()
-    types = token_types if token_types is not None else ()
     # A CONTROL token spelled outside the byte alphabet is a mislabelled llama.cpp entry; like
     # transformers we leave it out rather than let it match text.
-    control = [AddedToken(token, special=True, normalized=False)
-               for token, kind in zip(tokens, types)
-               if kind == TOKEN_TYPE_CONTROL and set(token) <= alphabet]
-    user_defined = [AddedToken(token, special=False, normalized=False)
-                    for token, kind in zip(tokens, types) if kind == TOKEN_TYPE_USER_DEFINED]
-    backend.add_special_tokens(control)
-    backend.add_tokens(user_defined)
+    _add_typed_tokens(backend, tokens, token_types, lambda token: set(token) <= alphabet)
+    _set_bos_eos_template(backend, tokens, bos_id if add_bos else None, eos_id if add_eos else None)
+    return cls(backend, bos_id=bos_id, eos_id=eos_id, chat_template=chat_template)
+
+  @classmethod
+  def from_sentencepiece_bpe(cls, tokens: Sequence[str], *, token_types: Sequence[int] | None,
+                             bos_id: int | None, eos_id: int | None, unk_id: int | None,
+                             add_bos: bool = False, add_eos: bool = False,
+                             chat_template: str | None = None) -> Tokenizer:
+    """Builds a SentencePiece-style BPE tokenizer from a GGUF vocabulary without merges.
+
+    Text is normalised with spaces as "▁" and split by BPE, with unknown characters spelled
+    as their UTF-8 byte tokens ("<0x41>"). The merges are recovered from the vocabulary:
+    every way of cutting a token into two tokens of the vocabulary is a merge, ranked by
+    the token's id (earlier ids merge first; Gemma's files list tokens in merge order, and
+    their scores do not follow it), longer left pieces first. A token made only of
+    spaces is stored with real spaces, and respelled with "▁" so that it can be merged.
+
+    Args:
+      tokens: token strings indexed by id (`tokenizer.ggml.tokens`).
+      token_types: llama.cpp token type per id (CONTROL -> special added token,
+        USER_DEFINED -> plain added token, both matched whole in text).
+      bos_id, eos_id, unk_id: special token ids (unk: the token of unknown pieces).
+      add_bos, add_eos: whether `encode` adds BOS / EOS around every text.
+      chat_template: Jinja source of the chat template, if any.
+    """
+    tokens = [SPACE * len(t) if " " in t and not t.strip() else t for t in tokens]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    merges = [(token[:cut], token[cut:])
+              for token, _ in sorted(vocab.items(), key=lambda item: item[1])
+              for cut in range(len(token) - 1, 0, -1)
+              if token[:cut] in vocab and token[cut:] in vocab]
+    unk = tokens[unk_id] if unk_id is not None else None
+    backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk,
+                                              fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", SPACE)
+    backend.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(),
+                                         decoders.Fuse()])
+    _add_typed_tokens(backend, tokens, token_types, lambda token: True)
     _set_bos_eos_template(backend, tokens, bos_id if add_bos else None, eos_id if add_eos else None)
     return cls(backend, bos_id=bos_id, eos_id=eos_id, chat_template=chat_template)
 
@@ -159,6 +194,20 @@ class Tokenizer:
     """
     ids = checks.token_ids(ids, self.vocab_size, "decode")
     return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def _add_typed_tokens(backend: tokenizers.Tokenizer, tokens: Sequence[str],
+                      token_types: Sequence[int] | None, control_ok) -> None:
+  """Adds CONTROL tokens (those `control_ok` accepts) as special tokens and USER_DEFINED ones
+  as plain added tokens, so that both are matched whole in text."""
+  types = token_types if token_types is not None else ()
+  control = [AddedToken(token, special=True, normalized=False)
+             for token, kind in zip(tokens, types)
+             if kind == TOKEN_TYPE_CONTROL and control_ok(token)]
+  user_defined = [AddedToken(token, special=False, normalized=False)
+                  for token, kind in zip(tokens, types) if kind == TOKEN_TYPE_USER_DEFINED]
+  backend.add_special_tokens(control)
+  backend.add_tokens(user_defined)
 
 
 def _token_id(backend: tokenizers.Tokenizer, token: str | dict | None) -> int | None:

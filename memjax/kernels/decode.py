@@ -22,8 +22,8 @@ DEFAULT_BLOCK_S = {"tpu": 2048, "gpu": 256}
 
 def decode_attention(q: jax.Array, cache, *, positions: jax.Array | None = None,
                      backend: Backend = "auto", interpret: bool = False,
-                     block_s: int | None = None,
-                     with_slot_mass: bool = True) -> tuple[jax.Array, jax.Array | None]:
+                     block_s: int | None = None, with_slot_mass: bool = True,
+                     soft_cap: float | None = None) -> tuple[jax.Array, jax.Array | None]:
   """Grouped-query attention of C queries over the S slots of one layer's cache.
 
   Args:
@@ -37,6 +37,7 @@ def decode_attention(q: jax.Array, cache, *, positions: jax.Array | None = None,
     block_s: slots per kernel program (default per backend, shrunk for small caches).
     with_slot_mass: False skips the per-slot mass (the kernel then neither writes nor
       combines per-slot numerators: a policy that does not read attention saves that traffic).
+    soft_cap: optional logit cap c · tanh(s / c) (Gemma 2); the XLA path only.
 
   Returns:
     out: [B, C, Hq, D] in the dtype of q (zero for a query that sees no slot).
@@ -51,8 +52,11 @@ def decode_attention(q: jax.Array, cache, *, positions: jax.Array | None = None,
   if impl == "xla":
     mask_BxHkvxCxS = ((slot_pos_BxHkvxS[:, :, None, :] >= 0)
                       & (slot_pos_BxHkvxS[:, :, None, :] <= query_pos_BxC[:, None, :, None]))
-    out, probs_BxHkvxGxCxS = reference.attend(q, cache.k, cache.v, mask_BxHkvxCxS)
+    out, probs_BxHkvxGxCxS = reference.attend(q, cache.k, cache.v, mask_BxHkvxCxS, soft_cap)
     return out, (jnp.mean(probs_BxHkvxGxCxS, axis=2) if with_slot_mass else None)
+  if soft_cap is not None:
+    raise ValueError(f"the {impl} decode kernel has no logit soft-cap; use "
+                     "attention_impl='xla' for a model with attention soft-capping")
   return _pallas(impl, q, cache.k, cache.v, slot_pos_BxHkvxS, query_pos_BxC,
                  block_s=block_s or DEFAULT_BLOCK_S[impl], with_slot_mass=with_slot_mass,
                  interpret=interpret)

@@ -1,7 +1,7 @@
 """`flash_attention`: causal GQA attention with optional retention decay, segments and soft-cap.
 
 One entry point over three implementations:
-  - "xla": `memjax.retention.decayed_attention` (blockwise online softmax in plain XLA),
+  - "xla": `memjax.attention.decayed` (blockwise online softmax in plain XLA),
     the path CPU runs and the oracle the kernels are tested against;
   - "tpu": Pallas Mosaic kernels (`flash_tpu`);
   - "gpu": Pallas Triton kernels (`flash_gpu`).
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from memjax.kernels import flash_gpu, flash_tpu, flash_layout
 from memjax.kernels.backend import Backend, resolve
 from memjax.kernels.flash_layout import FlashConfig
-from memjax.retention.decayed_attention import decayed_attention
+from memjax.attention.decayed import xla_decayed_attention
 
 _KERNELS = {"tpu": flash_tpu, "gpu": flash_gpu}
 # Tile lengths (tokens) per backend: (block_q, block_k), chosen with
@@ -96,9 +96,9 @@ def _xla(q, k, v, log_beta, *, causal, segment_ids, soft_cap):
   if log_beta is None:
     log_beta = jnp.zeros((b, t, n_kv), jnp.float32)
   positions = jnp.arange(t, dtype=jnp.int32) if causal else jnp.zeros((t,), jnp.int32)
-  return decayed_attention(q, k, v, log_beta, jnp.broadcast_to(positions, (b, t)),
-                           segment_ids=segment_ids, soft_cap=soft_cap, impl="blockwise",
-                           remat=True)
+  return xla_decayed_attention(q, k, v, log_beta, jnp.broadcast_to(positions, (b, t)),
+                               segment_ids=segment_ids, soft_cap=soft_cap, impl="blockwise",
+                               remat=True)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))

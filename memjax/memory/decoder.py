@@ -1,4 +1,4 @@
-"""Memory layers inside the Llama decoder, placed by `ModelConfig.memory`.
+"""Memory layers inside the decoder, placed by `ModelConfig.memory`.
 
 Blocks listed in `memory.layers` carry a memory; the others are plain. Their params:
 
@@ -6,9 +6,12 @@ Blocks listed in `memory.layers` carry a memory; the others are plain. Their par
   params["memory"]["layers"]  one entry per memory block, stacked [M, ...] in `layers` order
   params["memory"]["values"]  the value table [n_keys², V] when `share_values`
 
-The forward pass scans each run of consecutive plain blocks (`llama.run_layers`) and calls
-the memory blocks one by one, so compile time grows with the number of memory blocks (a
-few), not with depth. A memory block is:
+Memory blocks are a layer kind of the decoder's plan (`LayerSpec.memory`): `llama.run_layers`
+scans each run of consecutive plain blocks and hands the memory blocks, one by one, to
+`memory_block`, so compile time grows with the number of memory blocks (a few), not with
+depth. Importing this module registers it in `llama.MEMORY_LAYERS`, which is how
+`llama.init_params` and `llama.forward` reach it without importing memjax.memory. A memory
+block is:
 
   pkm / memory_plus, "replace_mlp":  x += attn(x);  x += mem(norm(x))
   pkm / memory_plus, "parallel":     x += attn(x);  x += mlp(x) + mem(norm(x))
@@ -31,7 +34,7 @@ from jax.sharding import Mesh
 from memjax.memory import pkm_layer, titans
 from memjax.memory.pkm_layer import Bag, Lookup
 from memjax.models import llama
-from memjax.models.config import ModelConfig
+from memjax.models.config import LayerSpec, ModelConfig
 from memjax.sharding.rules import Rules
 
 Params = dict[str, Any]
@@ -54,24 +57,24 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
 
 
 def memory_block(p: Params, m: Params, values: jax.Array | None, x_BxTxD: jax.Array,
-                 positions_BxT: jax.Array, mix: llama.Mixer, cfg: ModelConfig,
-                 bag: Bag) -> tuple[jax.Array, Lookup | None]:
+                 positions_BxT: jax.Array, mix: llama.Mixer, spec: LayerSpec,
+                 cfg: ModelConfig, bag: Bag) -> tuple[jax.Array, Lookup | None]:
   """One block with its memory (layout in the module docstring): new x, and the slots read
   (None for Titans)."""
   mem = cfg.memory
   if mem.kind == "titans":
     read, _ = titans.forward(m, llama.rms_norm(x_BxTxD, m["norm"], cfg.norm_eps), mem)
     if mem.titans_variant == "mal":
-      return llama.block(p, x_BxTxD + read, positions_BxT, None, mix, cfg)[0], None
-    o_BxTxD, _ = llama.attention(p, x_BxTxD, positions_BxT, None, mix, cfg)
+      return llama.block(p, x_BxTxD + read, positions_BxT, None, mix, spec, cfg)[0], None
+    o_BxTxD, _ = llama.attention(p, x_BxTxD, positions_BxT, None, mix, spec, cfg)
     x_BxTxD = x_BxTxD + o_BxTxD * jax.nn.sigmoid(read)
-    return x_BxTxD + llama.mlp(p, x_BxTxD, cfg), None
-  x_BxTxD = x_BxTxD + llama.attention(p, x_BxTxD, positions_BxT, None, mix, cfg)[0]
+    return x_BxTxD + llama.mlp(p, x_BxTxD, spec, cfg), None
+  x_BxTxD = x_BxTxD + llama.attention(p, x_BxTxD, positions_BxT, None, mix, spec, cfg)[0]
   h_BxTxD = llama.rms_norm(x_BxTxD, p["mlp_norm"], cfg.norm_eps)
   read, lookup = pkm_layer.apply(m, m["values"] if values is None else values, h_BxTxD, mem,
                                  bag)
   if mem.placement == "parallel":
-    read = read + llama.mlp(p, x_BxTxD, cfg)
+    read = read + llama.mlp(p, x_BxTxD, spec, cfg)
   return x_BxTxD + read, lookup
 
 
@@ -95,19 +98,22 @@ def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig, remat: bool
   positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   mix = mix or llama.full_causal_mixer(cfg, mesh, rules)
   layer = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
-  run_memory = jax.checkpoint(memory_block, static_argnums=(5, 6, 7)) if remat else memory_block
-  x = llama.embed(params, tokens_BxT, cfg)
-  lookups, start = [], 0
-  for index in sorted(mem.layers):
-    if index > start:
-      x, _ = llama.run_layers(layer(params["layers"], slice(start, index)), x, positions_BxT,
-                              None, mix, cfg, remat)
+  run_memory = (jax.checkpoint(memory_block, static_argnums=(5, 6, 7, 8)) if remat
+                else memory_block)
+  plan = cfg.layer_plan()
+  lookups = []
+
+  def block_with_memory(index: int, x_BxTxD: jax.Array) -> jax.Array:
     m = layer(params["memory"]["layers"], mem.layers.index(index))
-    x, lookup = run_memory(layer(params["layers"], index), m, params["memory"].get("values"),
-                           x, positions_BxT, mix, cfg, bag)
-    lookups += [lookup] if lookup is not None else []
-    start = index + 1
-  if start < cfg.n_layers:
-    x, _ = llama.run_layers(layer(params["layers"], slice(start, None)), x, positions_BxT,
-                            None, mix, cfg, remat)
+    x_BxTxD, lookup = run_memory(layer(params["layers"], index), m,
+                                 params["memory"].get("values"), x_BxTxD, positions_BxT, mix,
+                                 plan[index], cfg, bag)
+    lookups.extend([lookup] if lookup is not None else [])
+    return x_BxTxD
+
+  x, _ = llama.run_layers(params, llama.embed(params, tokens_BxT, cfg), positions_BxT, None,
+                          mix, cfg, remat, memory_block=block_with_memory)
   return llama.unembed(params, x, cfg), lookups
+
+
+llama.MEMORY_LAYERS["memory"] = llama.MemoryLayers(init_params=init_params, forward=forward)

@@ -1,4 +1,10 @@
-"""Shape and numeric settings of a Llama-family decoder."""
+"""Shape and numeric settings of a decoder, and its per-layer plan.
+
+`ModelConfig` holds the hyper-parameters of every supported family (Llama, Qwen2/3,
+Mistral, Gemma 2/3; memjax.models.families); `ModelConfig.layer_plan()` turns them into one
+`LayerSpec` per block, which the decoder (memjax.models.llama) runs in scanned runs of
+identical layers.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,70 @@ TITANS_VARIANTS = ("mag", "mal")
 # Attention implementations: "auto" = Pallas kernels on TPU/GPU, XLA on CPU (memjax.kernels).
 AttentionImpl = Literal["auto", "xla", "tpu", "gpu"]
 ATTENTION_IMPLS = ("auto", "xla", "tpu", "gpu")
+ROPE_SCALINGS = ("linear", "llama3", "factors")
+MLP_ACTIVATIONS = ("silu", "gelu_tanh")
+LAYER_KINDS = ("global", "sliding")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Stretched RoPE frequencies for contexts beyond the pre-training length.
+
+  Attributes:
+    kind: "linear" (every frequency divided by `factor`, i.e. positions / factor),
+      "llama3" (Llama 3.1: wavelengths longer than original_max_positions / low_freq_factor
+      are divided by `factor`, those shorter than original_max_positions / high_freq_factor
+      kept, and the band between interpolated smoothly) or "factors" (frequency i divided
+      by factors[i], as llama.cpp stores Llama 3 scaling in GGUF files: rope_freqs.weight).
+    factor: the stretch ("linear", "llama3").
+    low_freq_factor, high_freq_factor, original_max_positions: "llama3" only.
+    factors: "factors" only: one divisor per rotated pair [Dh / 2].
+  """
+
+  kind: Literal["linear", "llama3", "factors"]
+  factor: float = 1.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_positions: int = 8192
+  factors: tuple[float, ...] = ()
+
+  def __post_init__(self):
+    if self.kind not in ROPE_SCALINGS:
+      raise ValueError(f"RoPE scaling {self.kind!r} is not supported; supported: "
+                       f"{', '.join(ROPE_SCALINGS)}")
+    object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
+    if self.factor <= 0 or any(f <= 0 for f in self.factors):
+      raise ValueError(f"RoPE scaling factors must be > 0, got {self.factor}, {self.factors}")
+    if (self.kind == "factors") != bool(self.factors):
+      raise ValueError("RoPE scaling kind 'factors' needs factors (and only it takes them)")
+    if self.kind == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+      raise ValueError(f"llama3 RoPE scaling needs high_freq_factor > low_freq_factor, got "
+                       f"{self.high_freq_factor} and {self.low_freq_factor}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """What one decoder block does (the entries of `ModelConfig.layer_plan()`).
+
+  Attributes:
+    window: None for global causal attention; w for a sliding window: a query at position
+      i sees the keys at i - w < j <= i.
+    rope_theta: RoPE base of this block.
+    rope_scaling: its RoPE frequency scaling, or None.
+    post_norms: RMSNorm the attention and MLP outputs too before adding them to the
+      residual stream (Gemma 3), besides the norms before them.
+    mlp: "swiglu" (silu(x W_gate) ⊙ x W_up) W_down or "geglu" (tanh-approximate GELU).
+    memory: the block carries a memory layer (`ModelConfig.memory`, memjax.memory).
+    attn_soft_cap: cap c of its scaled attention logits, c · tanh(s / c) (Gemma 2), or None.
+  """
+
+  window: int | None = None
+  rope_theta: float = 10000.0
+  rope_scaling: RopeScaling | None = None
+  post_norms: bool = False
+  mlp: Literal["swiglu", "geglu"] = "swiglu"
+  memory: bool = False
+  attn_soft_cap: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +172,7 @@ class MemoryConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Hyper-parameters of a Llama-family decoder (RMSNorm, RoPE, GQA, SwiGLU).
+  """Hyper-parameters of a decoder (RMSNorm, RoPE, GQA, gated MLP) of any supported family.
 
   Attributes:
     vocab_size: number of token ids V.
@@ -121,6 +191,25 @@ class ModelConfig:
       "tpu" or "gpu"; selects the attention of `llama.forward`, of budgeted chunks
       (`generation.step`) and of retention-decayed attention.
     memory: memory layers (memjax.memory), or None for a plain decoder.
+    family: the model family (memjax.models.families) whose parameter table names and
+      shapes the params: "llama", "qwen2", "qwen3", "mistral", "gemma2" or "gemma3".
+    qkv_bias: q, k and v projections carry biases (Qwen2).
+    qk_norm: RMSNorm over the head dim of every query and key head before RoPE, weights
+      [Dh] (Qwen3, Gemma 3).
+    mlp_act: "silu" (SwiGLU) or "gelu_tanh" (GeGLU, Gemma).
+    post_norms: RMSNorm the attention and MLP outputs as well (Gemma 3).
+    embed_scale: multiply the embeddings by sqrt(d_model) (Gemma).
+    query_pre_attn_scalar: attention logits are scaled by this ** -0.5 instead of
+      head_dim ** -0.5 (Gemma); None = head_dim.
+    rope_scaling: RoPE frequency scaling of the global layers, or None.
+    sliding_window: window w of the sliding-window layers (a query sees its last w keys,
+      itself included), or None.
+    layer_kinds: per layer "global" or "sliding"; None = every layer sliding when
+      sliding_window is set (Mistral), else every layer global.
+    rope_local_theta: RoPE base of the sliding layers, which then get no RoPE scaling
+      (Gemma 3); None = the global layers' rope_theta and scaling.
+    final_soft_cap: cap c of the output logits, c · tanh(logits / c) (Gemma 2), or None.
+    attn_soft_cap: cap c of the scaled attention logits of every layer (Gemma 2), or None.
   """
 
   vocab_size: int
@@ -137,8 +226,32 @@ class ModelConfig:
   dtype: str = "float32"
   attention_impl: AttentionImpl = "auto"
   memory: MemoryConfig | None = None
+  family: str = "llama"
+  qkv_bias: bool = False
+  qk_norm: bool = False
+  mlp_act: Literal["silu", "gelu_tanh"] = "silu"
+  post_norms: bool = False
+  embed_scale: bool = False
+  query_pre_attn_scalar: float | None = None
+  rope_scaling: RopeScaling | None = None
+  sliding_window: int | None = None
+  layer_kinds: tuple[str, ...] | None = None
+  rope_local_theta: float | None = None
+  final_soft_cap: float | None = None
+  attn_soft_cap: float | None = None
 
   def __post_init__(self):
+    if self.layer_kinds is not None:
+      object.__setattr__(self, "layer_kinds", tuple(self.layer_kinds))
+      if len(self.layer_kinds) != self.n_layers or set(self.layer_kinds) - set(LAYER_KINDS):
+        raise ValueError(f"layer_kinds must give one of {LAYER_KINDS} for each of the "
+                         f"{self.n_layers} layers, got {self.layer_kinds}")
+      if "sliding" in self.layer_kinds and self.sliding_window is None:
+        raise ValueError("layer_kinds has sliding layers but sliding_window is not set")
+    if self.sliding_window is not None and self.sliding_window < 1:
+      raise ValueError(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
+    if self.mlp_act not in MLP_ACTIVATIONS:
+      raise ValueError(f"mlp_act must be one of {MLP_ACTIVATIONS}, got {self.mlp_act!r}")
     if self.n_heads % self.n_kv_heads:
       raise ValueError(
           f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
@@ -155,6 +268,22 @@ class ModelConfig:
       if self.memory.kind == "titans" and self.d_model % self.memory.heads:
         raise ValueError(f"d_model={self.d_model} is not a multiple of memory heads="
                          f"{self.memory.heads}")
+
+  def layer_plan(self) -> tuple[LayerSpec, ...]:
+    """One `LayerSpec` per block, in layer order."""
+    memory_layers = set(self.memory.layers) if self.memory is not None else set()
+    default = "sliding" if self.sliding_window is not None else "global"
+    kinds = self.layer_kinds or (default,) * self.n_layers
+    local = self.rope_local_theta is not None
+    mlp = "swiglu" if self.mlp_act == "silu" else "geglu"
+    return tuple(
+        LayerSpec(window=self.sliding_window if kind == "sliding" else None,
+                  rope_theta=self.rope_local_theta if kind == "sliding" and local
+                  else self.rope_theta,
+                  rope_scaling=None if kind == "sliding" and local else self.rope_scaling,
+                  post_norms=self.post_norms, mlp=mlp, memory=i in memory_layers,
+                  attn_soft_cap=self.attn_soft_cap)
+        for i, kind in enumerate(kinds))
 
   @property
   def group_size(self) -> int:

@@ -15,7 +15,7 @@ import einops
 import jax
 import jax.numpy as jnp
 
-from memjax.retention.decayed_attention import to_blocks
+from memjax.attention.decayed import to_blocks
 
 
 def capacity_sums(log_beta_xTxHkv: jax.Array, block: int = 128) -> jax.Array:

@@ -41,14 +41,18 @@ def forward_gated(params: llama.Params, tokens_BxT: jax.Array, cfg: ModelConfig,
   b, t = tokens_BxT.shape
   positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
 
-  def mix(p, h_BxTxD, q, k, v, positions, state):
+  def mix(spec, p, h_BxTxD, q, k, v, positions, state):
     del state
+    if spec.window is not None:
+      raise ValueError("forward_gated has no sliding-window attention; its layers must all "
+                       "be global")
     log_beta_BxTxHkv = gate.log_beta(gate.layer_gate(p, "forward_gated"), h_BxTxD)
     applied = log_beta_BxTxHkv if decay else jnp.zeros_like(log_beta_BxTxHkv)
-    out = decayed_attention(q, k, v, applied, positions, impl=impl, block=block, remat=remat,
-                            backend=cfg.attention_impl, mesh=mesh, rules=rules)
+    out = decayed_attention(q, k, v, applied, positions, soft_cap=spec.attn_soft_cap,
+                            impl=impl, block=block, remat=remat, backend=cfg.attention_impl,
+                            mesh=mesh, rules=rules)
     return out, log_beta_BxTxHkv
 
   x_BxTxD, log_beta_LxBxTxHkv = llama.run_layers(
-      params["layers"], llama.embed(params, tokens_BxT, cfg), positions_BxT, None, mix, cfg)
+      params, llama.embed(params, tokens_BxT, cfg), positions_BxT, None, mix, cfg)
   return llama.unembed(params, x_BxTxD, cfg), log_beta_LxBxTxHkv

@@ -16,24 +16,27 @@ import jax
 from jax.sharding import PartitionSpec as P
 
 from memjax.cache.kv_cache import LayerCache, ModelCache
+from memjax.models.families import FAMILIES
 
 LOGICAL_NAMES = ("batch", "layers", "embed", "heads", "kv_heads", "head_dim", "mlp",
                  "vocab", "norm", "slots", "gate_hidden")
 
-# Parameter path ("/" between dict keys) -> logical name of each dimension.
+def _table_axes() -> dict[str, P]:
+  """Parameter path -> logical spec of every row of every family's parameter table (a
+  path shared by several families has one spec)."""
+  axes = {}
+  for family in FAMILIES.values():
+    for t in family.tensors:
+      spec = P("layers", *t.axes) if t.per_layer else P(*t.axes)
+      if axes.setdefault(t.path, spec) != spec:
+        raise ValueError(f"families disagree on the axes of {t.path!r}: {axes[t.path]} vs {spec}")
+  return axes
+
+
+# Parameter path ("/" between dict keys) -> logical name of each dimension: the family
+# tables' rows, and the retention gates.
 PARAM_AXES: dict[str, P] = {
-    "embed": P("vocab", "embed"),
-    "lm_head": P("embed", "vocab"),
-    "final_norm": P("norm"),
-    "layers/wq": P("layers", "embed", "heads"),
-    "layers/wk": P("layers", "embed", "kv_heads"),
-    "layers/wv": P("layers", "embed", "kv_heads"),
-    "layers/wo": P("layers", "heads", "embed"),
-    "layers/w_gate": P("layers", "embed", "mlp"),
-    "layers/w_up": P("layers", "embed", "mlp"),
-    "layers/w_down": P("layers", "mlp", "embed"),
-    "layers/attn_norm": P("layers", "norm"),
-    "layers/mlp_norm": P("layers", "norm"),
+    **_table_axes(),
     "layers/gate/w1": P("layers", "embed", "gate_hidden"),
     "layers/gate/b1": P("layers", "gate_hidden"),
     "layers/gate/w2": P("layers", "gate_hidden", "kv_heads"),
