@@ -81,7 +81,8 @@ resumes there):
   mean (an unmerged probe, first 4 cases at 25%) still answered 0/4. What remains is the
   allocation inside a layer: kvpress ranks a layer's scores over all its KV heads together,
   so a head whose reconstruction attention is peaked keeps more than S and a diffuse head
-  fewer; memjax keeps exactly S per KV head. Per-head budgets are the adaptive-budget work,
+  fewer; memjax keeps exactly S per KV head. (KVzipPress keeping 1% answers garbage, so its
+  mask does apply here.) Per-head budgets are the adaptive-budget work,
   not done yet; until then memjax's `kvzip` is the uniform-per-head variant of the method.
 """
 CONTEXT_TOKENS, DEPTHS, SEED, MAX_NEW, CHUNK = 2000, [0.1, 0.3, 0.5, 0.7, 0.9], 0, 7, 512
