@@ -69,8 +69,9 @@ their mean.
 RESULT_NOTES = """
 What the table says (8 cases per cell, one case = 12.5 points; "–": not run yet, the script
 resumes there):
-- Where both compress once after prefill, memjax and kvpress agree within these 8 cases for
-  compactor at 25% (5/8 and 5/8); at 12.5% memjax once answers 2/8 against kvpress's 4/8.
+- Where both compress once after prefill, memjax and kvpress agree within a case or two:
+  compactor 5/8 and 5/8 at 25%, 2/8 and 4/8 at 12.5%; leverage 5/8 and 6/8, 3/8 and 4/8;
+  lagkv 3/8 and 3/8, 1/8 and 1/8; non-causal attention 0/8 and 2/8, 0/8 and 0/8.
 - Compressing at every chunk (memjax's default, with the cache bounded by S all along) costs
   the kvpress-family heuristics accuracy against compressing once: compactor 3/8 against 5/8
   at 25%, leverage 3/8 against 6/8.
