@@ -85,13 +85,14 @@ def candidates_of(cache: LayerCache, k_BxHkvxCxDh: jax.Array, v_BxHkvxCxDh: jax.
 
 
 def append_in_order(cache: LayerCache, k_BxHkvxCxDh: jax.Array, v_BxHkvxCxDh: jax.Array,
-                    pos_BxHkvxC: jax.Array, t_B: jax.Array) -> LayerCache:
-  """Write a chunk into slots [t, t + C) of a cache that never evicts (the `full` policy).
-
-  Such a cache holds position i in slot i, so inserting needs no scoring, sort or gather.
-  Its capacity must cover every real token; chunk padding that falls past the end is dropped.
+                    pos_BxHkvxC: jax.Array, filled_B: jax.Array) -> LayerCache:
+  """Write a chunk into slots [n, n + C) after the n = `filled_B` occupied slots of each row
+  (the same in every KV head), for a cache that evicts nothing more: the `full` policy's,
+  where slot i holds position i and n = t, or a prompt compressed once, whose kept slots come
+  first. Inserting needs no scoring, sort or gather. The capacity must cover every real
+  token; chunk padding that falls past the end is dropped.
   """
-  slots_BxC = t_B[:, None] + jnp.arange(pos_BxHkvxC.shape[-1], dtype=jnp.int32)
+  slots_BxC = filled_B[:, None] + jnp.arange(pos_BxHkvxC.shape[-1], dtype=jnp.int32)
 
   def put(buf, new):
     return jax.vmap(lambda b, n, s: b.at[:, s].set(n.astype(b.dtype), mode="drop"))(

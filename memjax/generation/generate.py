@@ -169,12 +169,11 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
       tokens are unmarked. One device only.
     encode: text -> token ids, for a policy that writes its own prompt (`kvzip`'s
       reconstruction instruction); the tokenizer's `encode`.
-
     compress_once: kvpress's protocol for any policy: prefill the whole prompt (the
       policy observing every chunk), keep `budget` slots per layer once at its end, and
       append the question and new tokens on top of them, evicting nothing more (one device
-      only; `full` is unchanged by it). Always on for a `compresses_once` policy (`kvzip`, which also scores the prompt
-      with its own reconstruction passes). By default (False) the cache holds `budget` slots
+      only; `full` is unchanged by it). Always on for a `compresses_once` policy (`kvzip`,
+      which also scores the prompt with its own reconstruction passes). By default (False) the cache holds `budget` slots
       throughout: eviction at every prefill chunk, at the question and at every new token.
 
   Returns:
@@ -215,7 +214,8 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
   if compress_once:
     logits, cache = _prefill_and_compress(params, cfg, policy, prompts, encode, per_layer,
                                           total - max(len(p) for p in prompts), prefill_chunk)
-    chunk_fn = step.jitted_chunk_step(cfg, policy, "last_logits")
+    # the compressed prompt is kept as it is: what follows is appended, nothing scored
+    chunk_fn = step.jitted_chunk_step(cfg, get_policy("full"), "last_logits")
   else:
     cache = kv_cache.init_cache(per_layer, batch, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype)
     chunk_fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "last_logits",

@@ -104,7 +104,7 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
     if not policy.evicts:
       cache = kv_cache.append_in_order(cache, einops.rearrange(k, "b c h d -> b h c d"),
                                        einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
-                                       positions_BxC[:, 0])
+                                       jnp.sum(cache.pos[:, 0] >= 0, axis=-1, dtype=jnp.int32))
       return _attend_slots(q, cache, positions_BxC, attend, False, spec)[0], (cache, layer)
     fresh_stats_BxHkvxC = None
     if policy.uses_retention_gate:
