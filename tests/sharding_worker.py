@@ -129,14 +129,14 @@ def meshes(out: pathlib.Path) -> None:
     got_logprobs, ppl_cache = logprobs(**device_mesh(EvalConfig(mesh=mesh_cfg)))
     results[str(shape)] = {
         "perplexity_logprobs_rel_err": rel_err(got_logprobs, want_logprobs),
-        "perplexity_cache_k_spec": str(ppl_cache.groups[0].k.sharding.spec),
+        "perplexity_cache_k_spec": str(ppl_cache.layers[0].k.sharding.spec),
         "loss_rel_err": abs(float(loss) - float(want_loss)) / abs(float(want_loss)),
         "step_losses_rel_err": rel_err(losses, want_losses),
         "grad_rel_err": rel_err(grads, want_grads),
         "params_rel_err_after_3_steps": rel_err(final.trainable, want_params),
         "params": shard_shapes(final.trainable),
         "adam_mu": shard_shapes(final.opt_state[1][0].mu),
-        "cache_k_spec": str(compiled.cache.groups[0].k.spec),
+        "cache_k_spec": str(compiled.cache.layers[0].k.spec),
         "generate_tokens": generate(mesh=mesh),
         "want_tokens": want_tokens,
     }

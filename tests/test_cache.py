@@ -41,7 +41,7 @@ def test_full_appends_in_place_up_to_an_exact_capacity(capacity):
   toks = tokens(7)
   got, cache = chunked_logprobs(params, cfg, toks, get_policy("full"), [capacity] * 2, CHUNK)
   np.testing.assert_allclose(got, full_logprobs(params, cfg, toks), atol=2e-5)
-  pos = np.asarray(cache.groups[0].pos)
+  pos = np.asarray(cache.stacked().pos)
   np.testing.assert_array_equal(pos[..., :37], np.broadcast_to(np.arange(37), pos[..., :37].shape))
   assert (pos[..., 37:] == -1).all()
 
@@ -71,7 +71,7 @@ def test_never_more_than_budget_and_clock_counts_tokens(name, budget, schedule, 
     want = np.minimum([[length], [45]], cap)
     np.testing.assert_array_equal(counts[layer], np.broadcast_to(want, counts[layer].shape))
   assert cache.budgets == per_layer
-  assert all(g.k.shape[-2] == g.capacity for g in cache.groups)
+  assert all(g.k.shape[-2] == g.capacity for g in cache.layers)
 
 
 @pytest.mark.parametrize("chunk", [1, 5, CHUNK])
@@ -94,7 +94,7 @@ def test_streaming_keeps_sinks_and_equals_mask_oracle():
   want = masked_logprobs(params, cfg, toks,
                          lambda i, j: (j < sinks) | (j >= (i // CHUNK) * CHUNK - (s - sinks)))
   np.testing.assert_allclose(got, want, atol=2e-5)
-  pos = np.asarray(cache.groups[0].pos)
+  pos = np.asarray(cache.stacked().pos)
   np.testing.assert_array_equal(pos[..., :sinks], np.broadcast_to(np.arange(sinks), pos[..., :sinks].shape))
   np.testing.assert_array_equal(pos[..., sinks:], np.broadcast_to(np.arange(37 - (s - sinks), 37), pos[..., sinks:].shape))
 
@@ -104,7 +104,7 @@ def test_h2o_and_snapkv_keep_their_recent_window():
   toks, s = tokens(3), 12
   for policy, window in [(get_policy("h2o"), 6), (get_policy("snapkv", window=5), 5)]:
     _, cache = chunked_logprobs(params, cfg, toks, policy, [s, s], CHUNK)
-    pos = np.asarray(cache.groups[0].pos)
+    pos = np.asarray(cache.stacked().pos)
     for recent in range(37 - window, 37):
       assert ((pos == recent).sum(-1) == 1).all(), (policy.name, recent)
 
@@ -112,7 +112,7 @@ def test_h2o_and_snapkv_keep_their_recent_window():
 def test_per_head_eviction_differs_across_heads():
   cfg, params = tiny_model()
   _, cache = chunked_logprobs(params, cfg, tokens(4), get_policy("knorm"), [10, 10], CHUNK)
-  pos = np.asarray(cache.groups[0].pos)
+  pos = np.asarray(cache.stacked().pos)
   assert not all(np.array_equal(pos[:, :, 0], pos[:, :, h]) for h in range(pos.shape[2]))
 
 
@@ -194,6 +194,6 @@ def test_oracle_keeps_marked_tokens_and_the_most_recent():
     return (j >= chunk_start) | in_cache
 
   np.testing.assert_allclose(got, masked_logprobs(params, cfg, toks, visible), atol=2e-5)
-  assert set(marked) <= set(np.asarray(cache.groups[0].pos).ravel().tolist())
+  assert set(marked) <= set(np.asarray(cache.stacked().pos).ravel().tolist())
   with pytest.raises(ValueError, match="marks"):
     generate.generate_ids(params, cfg, [[1, 2, 3]], policy="oracle", budget=8)

@@ -77,11 +77,11 @@ def test_scores_and_kept_set_match_the_plain_reference(chunk_size):
                                          longest))
     cache = score(params, cache, tokens, valid)
   np.testing.assert_array_equal(np.asarray(cache.t), [37, 22])  # passes move no clock
-  stats = np.asarray(cache.groups[0].stats)  # [L, B, Hkv, S]; slot i holds position i
+  stats = np.asarray(cache.stacked().stats)  # [L, B, Hkv, S]; slot i holds position i
   budget = 9
   kept = step.compress(cache, policy, [budget] * cfg.n_layers, 5, cfg.layer_plan())
   assert kept.budgets == [budget + 5] * cfg.n_layers
-  kept_pos = np.asarray(kept.groups[0].pos)
+  kept_pos = np.asarray(kept.stacked().pos)
   for b, row in enumerate(rows):
     want = reference_scores(params, cfg, row, passes[b])
     np.testing.assert_allclose(stats[:, b, :, :len(row)], want, atol=2e-5)
@@ -146,11 +146,11 @@ def test_compress_once_keeps_the_top_scores_of_the_whole_prompt(name):
   fn = step.jitted_chunk_step(cfg, policy, "last_logits")
   for tokens, valid in generate.chunks(rows, 8):
     _, cache = fn(params, cache, tokens, valid)
-  layer0 = jax.tree.map(lambda a: a[0], cache.groups[0])
+  layer0 = cache.layers[0]
   view = kv_cache.candidates_view(layer0, policy, cache.t, jnp.int32(0), 10)
   scores = np.where(np.asarray(layer0.pos) >= 0, np.asarray(policy.score(view)), -np.inf)
   kept = step.compress(cache, policy, [10] * cfg.n_layers, 0, cfg.layer_plan())
-  kept_pos = np.asarray(kept.groups[0].pos)[0]
+  kept_pos = np.asarray(kept.layers[0].pos)
   for b in range(2):
     for h in range(cfg.n_kv_heads):
       top = np.argsort(-scores[b, h], kind="stable")[:10]

@@ -69,8 +69,8 @@ def test_fresh_stats_are_the_gate_log_beta():
   np.testing.assert_allclose(got, want, atol=2e-5)
   # Inference attends without decay: β only ranks tokens.
   log_beta_LxBxTxHkv = np.asarray(forward_gated(gated, toks, cfg, decay=False)[1])
-  pos_LxBxHkvxS = np.asarray(cache.groups[0].pos)
-  stats_LxBxHkvxS = np.asarray(cache.groups[0].stats)
+  pos_LxBxHkvxS = np.asarray(cache.stacked().pos)
+  stats_LxBxHkvxS = np.asarray(cache.stacked().stats)
   assert np.ptp(stats_LxBxHkvxS[pos_LxBxHkvxS >= 0]) > 0.1, "the gates must vary by token"
   for layer, row, head, slot in zip(*np.nonzero(pos_LxBxHkvxS >= 0)):
     p = pos_LxBxHkvxS[layer, row, head, slot]
@@ -109,8 +109,8 @@ def test_planted_token_is_kept_by_learned_and_evicted_by_window():
   _, learned = budgeted_logprobs(gated, cfg, toks, get_policy("learned", n_sink=0), [s, s],
                                 chunk=4)
   _, window = budgeted_logprobs(gated, cfg, toks, get_policy("window"), [s, s], chunk=4)
-  pos_learned = np.asarray(learned.groups[0].pos)  # [L, B, Hkv, S]
-  pos_window = np.asarray(window.groups[0].pos)
+  pos_learned = np.asarray(learned.stacked().pos)  # [L, B, Hkv, S]
+  pos_window = np.asarray(window.stacked().pos)
   recent = lambda n: np.broadcast_to(np.arange(t - n, t), pos_learned.shape[1:3] + (n,))
   np.testing.assert_array_equal(pos_learned[0, :, :, 0], PLANTED_POS)
   np.testing.assert_array_equal(pos_learned[0, :, :, 1:], recent(s - 1))
@@ -211,5 +211,5 @@ def test_tiny_training_learns_to_keep_what_the_teacher_attends_to():
   _, learned = budgeted_logprobs(gated, cfg, toks, get_policy("learned", n_sink=0), [s, s],
                                 chunk=4)
   _, window = budgeted_logprobs(gated, cfg, toks, get_policy("window"), [s, s], chunk=4)
-  assert (np.asarray(learned.groups[0].pos)[0] == 3).any(axis=-1).all()  # every row and head
-  assert not (np.asarray(window.groups[0].pos)[0] == 3).any()
+  assert (np.asarray(learned.stacked().pos)[0] == 3).any(axis=-1).all()  # every row and head
+  assert not (np.asarray(window.stacked().pos)[0] == 3).any()

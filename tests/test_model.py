@@ -63,5 +63,5 @@ def test_bfloat16_matches_float32_and_chunked_matches_one_shot():
   assert rel_err(logits16, logits32) < 3e-2
   want = jnp.take_along_axis(jax.nn.log_softmax(logits16)[:, :-1], toks[:, 1:, None], -1)[..., 0]
   got, cache = budgeted_logprobs(params16, cfg16, toks, get_policy("h2o"), [32, 32], 8)
-  assert cache.groups[0].k.dtype == jnp.bfloat16
+  assert cache.layers[0].k.dtype == jnp.bfloat16
   assert rel_err(got, want) < 1e-2

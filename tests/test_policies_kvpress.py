@@ -272,7 +272,7 @@ def test_chunked_prefill_keeps_sinks_and_runs_through_generate(name):
   policy = get_policy(name, **SMALL.get(name, {}))
   logp, cache = budgeted_logprobs(params, cfg, toks, policy, [12, 12], 8)
   assert np.isfinite(logp).all()
-  pos = np.asarray(cache.groups[0].pos)
+  pos = np.asarray(cache.stacked().pos)
   n_sink = getattr(policy, "n_sink", 0)
   for p in range(n_sink):
     assert ((pos == p).sum(-1) == 1).all(), (name, p)

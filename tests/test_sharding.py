@@ -96,7 +96,7 @@ def test_parameters_and_adam_moments_really_are_sharded(runs, mesh):
 @pytest.mark.parametrize("mesh", MESHES)
 def test_sharded_budgeted_generation_equals_one_device(runs, mesh):
   result = runs["meshes"][mesh]
-  assert result["cache_k_spec"] == str(P(None, ("data", "fsdp"), "tensor", None, None))
+  assert result["cache_k_spec"] == str(P(("data", "fsdp"), "tensor", None, None))
   assert result["generate_tokens"] == result["want_tokens"]
 
 
@@ -105,7 +105,7 @@ def test_sharded_budgeted_generation_equals_one_device(runs, mesh):
 def test_evaluation_perplexity_on_the_mesh_equals_one_device(runs, mesh):
   # budgeted_logprobs through the eval harness's mesh (EvalConfig.mesh on 8 devices).
   result = runs["meshes"][mesh]
-  assert result["perplexity_cache_k_spec"] == str(P(None, ("data", "fsdp"), "tensor", None, None))
+  assert result["perplexity_cache_k_spec"] == str(P(("data", "fsdp"), "tensor", None, None))
   assert result["perplexity_logprobs_rel_err"] < 1e-5
 
 

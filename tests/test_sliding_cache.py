@@ -47,7 +47,7 @@ def test_full_policy_equals_the_windowed_forward(gemma):
   logp = jax.nn.log_softmax(llama.forward(params, toks, cfg), axis=-1)
   want = np.take_along_axis(np.asarray(logp)[:, :-1], toks[:, 1:, None], axis=-1)[..., 0]
   np.testing.assert_allclose(got, want, atol=2e-5)
-  ring = np.asarray(cache.groups[0].pos)  # the five sliding layers: the latest 5 positions
+  ring = np.asarray(cache.stacked(0, 5).pos)  # the five sliding layers: the latest 5 positions
   np.testing.assert_array_equal(np.sort(ring, axis=-1),
                                 np.broadcast_to(np.arange(T - WINDOW, T), ring.shape))
   # A window as long as the sequence changes the result: the windows are really applied.

@@ -12,7 +12,6 @@ layer axis, so the model scans over them.
 
 from __future__ import annotations
 
-import itertools
 from typing import NamedTuple, Sequence
 
 import jax
@@ -24,7 +23,7 @@ EMPTY = -1
 
 
 class LayerCache(NamedTuple):
-  """Slots of one layer (or a stack of layers with a leading axis L).
+  """Slots of one layer (`ModelCache.stacked` gives several with a leading axis L).
 
   k, v: [(L,) B, Hkv, S, Dh] rotated keys and values.
   pos: int32 [(L,) B, Hkv, S] original token position of each slot, -1 when empty.
@@ -43,33 +42,45 @@ class LayerCache(NamedTuple):
 class ModelCache(NamedTuple):
   """All layers' caches and the clock.
 
-  groups: one stacked `LayerCache` per run of consecutive layers that share a budget.
+  layers: one `LayerCache` per layer, [B, Hkv, S_l, (Dh)], each with its own budget S_l.
   t: int32 [B] tokens seen so far by each batch row (the next token's position).
   """
-  groups: tuple[LayerCache, ...]
+  layers: tuple[LayerCache, ...]
   t: jax.Array
 
   @property
   def budgets(self) -> list[int]:
     """Per-layer budget S, layer by layer."""
-    return [g.capacity for g in self.groups for _ in range(g.pos.shape[0])]
+    return [layer.capacity for layer in self.layers]
 
   def valid_counts(self) -> jax.Array:
     """int32 [L, B, Hkv]: occupied slots of every layer, batch row and KV head."""
-    return jnp.concatenate([jnp.sum(g.pos >= 0, axis=-1) for g in self.groups])
+    return jnp.stack([jnp.sum(layer.pos >= 0, axis=-1) for layer in self.layers])
+
+  def stacked(self, start: int = 0, stop: int | None = None) -> LayerCache:
+    """Layers [start, stop) (default all) stacked on a leading axis L, for inspection;
+    they must share one budget."""
+    layers = self.layers[start:stop]
+    if len({layer.capacity for layer in layers}) > 1:
+      raise ValueError(f"layers {start}..{stop} have different budgets "
+                       f"{[layer.capacity for layer in layers]}; stack a range that shares one")
+    return jax.tree.map(lambda *a: jnp.stack(a), *layers)
+
+
+def empty_layer(budget: int, batch: int, n_kv_heads: int, head_dim: int,
+                dtype=jnp.float32) -> LayerCache:
+  """One layer's empty slots: [B, Hkv, S, (Dh)]."""
+  shape = (batch, n_kv_heads, budget)
+  return LayerCache(k=jnp.zeros(shape + (head_dim,), dtype),
+                    v=jnp.zeros(shape + (head_dim,), dtype),
+                    pos=jnp.full(shape, EMPTY, jnp.int32), stats=jnp.zeros(shape, jnp.float32))
 
 
 def init_cache(budgets: Sequence[int], batch: int, n_kv_heads: int, head_dim: int,
                dtype=jnp.float32) -> ModelCache:
   """An empty cache with `budgets[l]` slots in layer l (a smaller budget allocates less)."""
-  groups = []
-  for budget, run in itertools.groupby(budgets):
-    n = len(list(run))
-    shape = (n, batch, n_kv_heads, budget)
-    groups.append(LayerCache(
-        k=jnp.zeros(shape + (head_dim,), dtype), v=jnp.zeros(shape + (head_dim,), dtype),
-        pos=jnp.full(shape, EMPTY, jnp.int32), stats=jnp.zeros(shape, jnp.float32)))
-  return ModelCache(tuple(groups), jnp.zeros((batch,), jnp.int32))
+  return ModelCache(tuple(empty_layer(s, batch, n_kv_heads, head_dim, dtype) for s in budgets),
+                    jnp.zeros((batch,), jnp.int32))
 
 
 def candidates_of(cache: LayerCache, k_BxHkvxCxDh: jax.Array, v_BxHkvxCxDh: jax.Array,

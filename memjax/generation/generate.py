@@ -19,6 +19,7 @@ from memjax.cache import budgets as budgets_lib
 from memjax.cache import kv_cache
 from memjax.cache.policies import Policy, get_policy
 from memjax.generation import step
+from memjax.models import llama
 from memjax.models.config import ModelConfig
 from memjax.sharding.inference import placed_chunk_step
 from memjax.sharding.rules import Rules
@@ -206,6 +207,7 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
   if compress_once and (mesh is not None or policy.uses_marks):
     raise ValueError(f"compressing once after prefill (policy {policy.name!r}) runs on one "
                      "device and reads no marks: leave mesh and marks unset")
+  params = llama.per_layer(params)
   batch = len(prompts)
   longest_question = max((len(q) for q in questions), default=0) if questions else 0
   total = max(len(p) for p in prompts) + longest_question + max_new_tokens

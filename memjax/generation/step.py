@@ -13,7 +13,6 @@ under the window mask on the XLA path. The policy and its budget apply to global
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Callable, Literal, Sequence
 
 import einops
@@ -145,6 +144,9 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
     valid_BxC: bool, True for real tokens; each row's real tokens come first.
     marks_BxC: float32 per-token flags that a policy with `uses_marks` (the `oracle`)
       reads as the fresh tokens' statistics; ignored by every other policy.
+    params: best in the `llama.per_layer` layout (each layer's weights and cache its own
+      buffers, blocks unrolled); stacked params are sliced inside the step, which XLA
+      turns into copies of every weight (correct, several times slower).
     mesh, rules: under a `jit` sharded on `mesh` (logical axis `rules`), Pallas attention
       runs per device block of batch rows and KV heads (`memjax.sharding.kernels`).
     insert: False for a scoring pass of a `compresses_once` policy: the chunk attends at
@@ -162,15 +164,9 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
                              mesh=mesh, rules=rules)
   mix = _cache_mixer(policy, valid_BxC, t_end_B, attend, marks_BxC, insert=insert)
   x = llama.embed(params, tokens_BxC, cfg)
-  groups, start = [], 0
-  for group in cache.groups:
-    n = group.pos.shape[0]
-    layer_ids = jnp.arange(start, start + n, dtype=jnp.int32)
-    x, (group, _) = llama.run_layers(params, x, positions_BxC, (group, layer_ids), mix, cfg,
-                                     start=start, stop=start + n)
-    groups.append(group)
-    start += n
-  return x, ModelCache(tuple(groups), t_end_B if insert else cache.t)
+  states = [(layer, jnp.int32(i)) for i, layer in enumerate(cache.layers)]
+  x, states = llama.run_layers(llama.per_layer(params), x, positions_BxC, states, mix, cfg)
+  return x, ModelCache(tuple(layer for layer, _ in states), t_end_B if insert else cache.t)
 
 
 def chunk_step(params, cache, tokens_BxC, valid_BxC, targets_BxC=None, marks_BxC=None, *,
@@ -217,20 +213,19 @@ def compress(cache: ModelCache, policy: Policy, budgets: Sequence[int], room: in
   """Keep the `budgets[l]` best slots of layer l by `policy.score`, once, followed by `room`
   empty slots for the tokens still to come (a prompt compressed once after prefill).
 
-  The result is grouped like `kv_cache.init_cache` of budgets + room; the clock is unchanged.
+  The result is shaped like `kv_cache.init_cache` of budgets + room; the clock is unchanged.
   `plan` (the model's `layer_plan()`) gives each layer's RoPE, to recover pre-RoPE keys for
   a policy that scores them; a sliding-window layer keeps its ring as it is (it already
   holds no more than its window).
   """
-  layers = [jax.tree.map(lambda a: a[i], g) for g in cache.groups for i in range(g.pos.shape[0])]
-  if len(budgets) != len(layers):
-    raise ValueError(f"{len(budgets)} budgets for a cache of {len(layers)} layers")
+  if len(budgets) != len(cache.layers):
+    raise ValueError(f"{len(budgets)} budgets for a cache of {len(cache.layers)} layers")
 
   def pad(a, fill):
     return jnp.concatenate([a, jnp.full(a.shape[:2] + (room,) + a.shape[3:], fill, a.dtype)], 2)
 
   kept = []
-  for layer, (slots, budget, spec) in enumerate(zip(layers, budgets, plan)):
+  for layer, (slots, budget, spec) in enumerate(zip(cache.layers, budgets, plan)):
     if spec.window is not None:
       kept.append(slots)
       continue
@@ -238,6 +233,4 @@ def compress(cache: ModelCache, policy: Policy, budgets: Sequence[int], room: in
     best = kv_cache.evict(slots, policy, cache.t, jnp.int32(layer), budget, k_pre)
     kept.append(LayerCache(k=pad(best.k, 0), v=pad(best.v, 0), pos=pad(best.pos, kv_cache.EMPTY),
                            stats=pad(best.stats, 0)))
-  groups = [jax.tree.map(lambda *a: jnp.stack(a), *run)
-            for _, run in itertools.groupby(kept, key=lambda c: c.capacity)]
-  return ModelCache(tuple(groups), cache.t)
+  return ModelCache(tuple(kept), cache.t)

@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from memjax.cache.kv_cache import ModelCache
 from memjax.cache.policies import Policy
 from memjax.generation import step
+from memjax.models import llama
 from memjax.models.config import ModelConfig
 from memjax.sharding.config import DEFAULT_RULES
 from memjax.sharding.layout import batch_sharding, cache_shardings, param_shardings
@@ -49,7 +50,9 @@ def placed_chunk_step(cfg: ModelConfig, policy: Policy, params: Any, cache: Mode
                       rules: Rules | None = None) -> tuple[Any, Any, ModelCache]:
   """(chunk step, params, cache) ready to run: one device's `step.jitted_chunk_step`
   without a mesh; on `mesh` (rules default DEFAULT_RULES) `sharded_chunk_step`, with params
-  and cache placed on their shardings."""
+  and cache placed on their shardings. The params come back in the `llama.per_layer`
+  inference layout."""
+  params = llama.per_layer(params)
   if mesh is None:
     return step.jitted_chunk_step(cfg, policy, output), params, cache
   sharded = sharded_chunk_step(cfg, policy, params, cache, mesh, rules or DEFAULT_RULES, output)

@@ -44,7 +44,7 @@ PARAM_AXES: dict[str, P] = {
 }
 
 BATCH_AXES = P("batch")
-_CACHE_SLOTS = P("layers", "batch", "kv_heads", "slots")
+_CACHE_SLOTS = P("batch", "kv_heads", "slots")
 CACHE_AXES = LayerCache(k=P(*_CACHE_SLOTS, "head_dim"), v=P(*_CACHE_SLOTS, "head_dim"),
                         pos=_CACHE_SLOTS, stats=_CACHE_SLOTS)
 
@@ -61,14 +61,21 @@ def param_axes(tree: Any) -> Any:
   rank gets its spec: a params dict's `["layers"]["wq"]`, Adam's `mu["layers"]["wq"]`, a
   TrainState's `trainable["embed"]`. Every other leaf (step counters, RNG keys, params
   of a loss memjax does not know) is replicated; add a path to PARAM_AXES to shard it.
+  One layer's weights in the inference layout (`llama.per_layer`: `["layers"][i]["wq"]`)
+  get the spec without its leading "layers" axis.
   """
   def axes(key_path, leaf):
     spec = PARAM_AXES.get(dict_path(key_path))
-    return spec if spec is not None and len(spec) == len(leaf.shape) else P()
+    if spec is None:
+      return P()
+    one_layer = any(isinstance(k, jax.tree_util.SequenceKey) for k in key_path)
+    if one_layer and len(spec) and spec[0] == "layers":
+      spec = P(*spec[1:])
+    return spec if len(spec) == len(leaf.shape) else P()
 
   return jax.tree_util.tree_map_with_path(axes, tree)
 
 
 def cache_axes(cache: ModelCache) -> ModelCache:
-  """Logical specs of a budgeted cache: layers, batch, KV heads, slots (and head dim)."""
-  return ModelCache(groups=tuple(CACHE_AXES for _ in cache.groups), t=P("batch"))
+  """Logical specs of a budgeted cache: per layer batch, KV heads, slots (and head dim)."""
+  return ModelCache(layers=tuple(CACHE_AXES for _ in cache.layers), t=P("batch"))
