@@ -87,7 +87,7 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
   as it is)."""
 
   def mix(spec, p, h, q, k, v, positions_BxC, state):
-    cache, layer = state
+    cache, layer, tail = state
     n_kv = k.shape[2]
     pos_BxHkvxC = jnp.broadcast_to(
         jnp.where(valid_BxC, positions_BxC, kv_cache.EMPTY)[:, None, :],
@@ -98,13 +98,20 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
       cands = kv_cache.candidates_of(cache, k_bhcd, v_bhcd, pos_BxHkvxC)
       out = _window_attend(q, cands, positions_BxC, spec)
       if not insert:
-        return out, (cache, layer)
-      return out, (kv_cache.ring_insert(cache, k_bhcd, v_bhcd, pos_BxHkvxC, t_end_B), layer)
+        return out, (cache, layer, tail)
+      return out, (kv_cache.ring_insert(cache, k_bhcd, v_bhcd, pos_BxHkvxC, t_end_B), layer,
+                   tail)
     if not policy.evicts:
-      cache = kv_cache.append_in_order(cache, einops.rearrange(k, "b c h d -> b h c d"),
-                                       einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
-                                       jnp.sum(cache.pos[:, 0] >= 0, axis=-1, dtype=jnp.int32))
-      return _attend_slots(q, cache, positions_BxC, attend, False, spec)[0], (cache, layer)
+      fresh = (einops.rearrange(k, "b c h d -> b h c d"),
+               einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC)
+      if tail is None:  # written in place here (see ModelCache.tail for the cost)
+        cache = kv_cache.append_in_order(cache, *fresh, kv_cache.filled(cache))
+        return _attend_slots(q, cache, positions_BxC, attend, False, spec)[0], (cache, layer,
+                                                                               tail)
+      tail = kv_cache.append_in_order(tail, *fresh, kv_cache.filled(tail))
+      out = attend(q, (cache, tail), positions_BxC, with_slot_mass=False,
+                   soft_cap=spec.attn_soft_cap)[0]
+      return out, (cache, layer, tail)
     fresh_stats_BxHkvxC = None
     if policy.uses_retention_gate:
       log_beta_BxCxHkv = gate.log_beta(gate.layer_gate(p, f"policy {policy.name!r}"), h)
@@ -121,13 +128,14 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
     out, probs = _attend_slots(q, cands, positions_BxC, attend, policy.needs_attention, spec)
     cands = cands._replace(stats=policy.observe(cands.stats, probs, valid_BxC))
     if not insert:
-      return out, (cache._replace(stats=cands.stats[..., :cache.capacity]), layer)
+      return out, (cache._replace(stats=cands.stats[..., :cache.capacity]), layer, tail)
     k_pre = (_unrotate(cands.k, cands.pos, spec) if policy.needs_pre_rope_keys else None)
     if policy.observes_chunk:
       view = kv_cache.candidates_view(cands, policy, t_end_B, layer, cache.capacity, k_pre)
       chunk = _chunk_view(policy, q, h, positions_BxC, valid_BxC, spec)
       cands = cands._replace(stats=policy.observe_chunk(view, chunk))
-    return out, (kv_cache.evict(cands, policy, t_end_B, layer, cache.capacity, k_pre), layer)
+    return out, (kv_cache.evict(cands, policy, t_end_B, layer, cache.capacity, k_pre), layer,
+                 tail)
 
   return mix
 
@@ -153,6 +161,9 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
       the positions after the cached tokens and the policy observes it, but it is not
       inserted and the clock does not move.
 
+  A policy that never evicts appends the chunk: into `cache.tail` when the cache has one
+  (the layers are only read; `kv_cache.commit` writes the tail later), else in place.
+
   Returns:
     hidden_BxCxD: final residual stream (before the final norm).
     the updated cache (clock advanced by each row's number of real tokens).
@@ -164,9 +175,12 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
                              mesh=mesh, rules=rules)
   mix = _cache_mixer(policy, valid_BxC, t_end_B, attend, marks_BxC, insert=insert)
   x = llama.embed(params, tokens_BxC, cfg)
-  states = [(layer, jnp.int32(i)) for i, layer in enumerate(cache.layers)]
+  tails = cache.tail or (None,) * len(cache.layers)
+  states = [(layer, jnp.int32(i), tail) for i, (layer, tail) in enumerate(zip(cache.layers,
+                                                                               tails))]
   x, states = llama.run_layers(llama.per_layer(params), x, positions_BxC, states, mix, cfg)
-  return x, ModelCache(tuple(layer for layer, _ in states), t_end_B if insert else cache.t)
+  return x, ModelCache(tuple(layer for layer, _, _ in states), t_end_B if insert else cache.t,
+                       None if cache.tail is None else tuple(tail for _, _, tail in states))
 
 
 def chunk_step(params, cache, tokens_BxC, valid_BxC, targets_BxC=None, marks_BxC=None, *,
@@ -187,15 +201,40 @@ def chunk_step(params, cache, tokens_BxC, valid_BxC, targets_BxC=None, marks_BxC
   return jnp.take_along_axis(logprobs_BxCxV, targets_BxC[..., None], axis=-1)[..., 0], cache
 
 
+def appending_layers(cfg: ModelConfig, policy: Policy) -> list[bool]:
+  """Which layers only append under `policy` (every global layer of a policy that never
+  evicts); their cache can take a tail (`kv_cache.with_tail`)."""
+  return [not policy.evicts and spec.window is None for spec in cfg.layer_plan()]
+
+
 @functools.lru_cache(maxsize=64)
 def jitted_chunk_step(cfg: ModelConfig, policy: Policy, output: Output):
   """`chunk_step` compiled for one (model, policy, output); the cache buffers are donated.
 
   jax.jit compiles once per distinct chunk length and cache shape, so a prefill with a fixed
-  chunk size and a decode loop each compile once, whatever the context length.
+  chunk size and a decode loop each compile once, whatever the context length. For a
+  policy that never evicts, the chunk goes into a tail of C slots while the layers are only
+  read, and a second compiled program writes the tail in place (`kv_cache.commit`).
   """
-  return jax.jit(functools.partial(chunk_step, cfg=cfg, policy=policy, output=output),
-                 donate_argnums=(1,))
+  step = functools.partial(chunk_step, cfg=cfg, policy=policy, output=output)
+  appends = appending_layers(cfg, policy)
+  if not any(appends):
+    return jax.jit(step, donate_argnums=(1,))
+
+  def step_into_tail(params, cache, tokens_BxC, *rest):
+    return step(params, kv_cache.with_tail(cache, tokens_BxC.shape[1], appends), tokens_BxC,
+                *rest)
+
+  step_fn = jax.jit(step_into_tail, donate_argnums=(1,))
+  # the layers are donated and written in place; the tail is only read
+  commit = jax.jit(lambda cache, tail: kv_cache.commit(cache._replace(tail=tail)),
+                   donate_argnums=(0,))
+
+  def run(params, cache, *rest):
+    out, cache = step_fn(params, cache, *rest)
+    return out, commit(cache._replace(tail=None), cache.tail)
+
+  return run
 
 
 @functools.lru_cache(maxsize=16)

@@ -29,7 +29,9 @@ def decode_attention(q: jax.Array, cache, *, positions: jax.Array | None = None,
   Args:
     q: [B, C, Hq, D] queries, already rotated; query head h reads KV head h // G.
     cache: a `memjax.cache.kv_cache.LayerCache` (or anything with k, v [B, Hkv, S, D] and
-      pos int32 [B, Hkv, S], -1 = empty slot).
+      pos int32 [B, Hkv, S], -1 = empty slot), or a sequence of them attended as one
+      cache of their slots in order (a cache read in place and fresh slots beside it: the
+      XLA path never concatenates their keys, the Pallas kernels do).
     positions: optional int32 [B, C] query positions; slot j is visible to query c when
       pos_j >= 0 and, if positions are given, pos_j <= positions[c].
     backend: "auto" (Pallas on TPU/GPU, XLA on CPU), "xla", "tpu" or "gpu".
@@ -46,18 +48,23 @@ def decode_attention(q: jax.Array, cache, *, positions: jax.Array | None = None,
       `with_slot_mass`).
   """
   impl = resolve(backend)
-  slot_pos_BxHkvxS = cache.pos
+  blocks = [cache] if hasattr(cache, "pos") else list(cache)
   query_pos_BxC = (jnp.full(q.shape[:2], jnp.iinfo(jnp.int32).max, jnp.int32)
                    if positions is None else positions.astype(jnp.int32))
   if impl == "xla":
-    mask_BxHkvxCxS = ((slot_pos_BxHkvxS[:, :, None, :] >= 0)
-                      & (slot_pos_BxHkvxS[:, :, None, :] <= query_pos_BxC[:, None, :, None]))
-    out, probs_BxHkvxGxCxS = reference.attend(q, cache.k, cache.v, mask_BxHkvxCxS, soft_cap)
-    return out, (jnp.mean(probs_BxHkvxGxCxS, axis=2) if with_slot_mass else None)
+    visible = lambda pos: (pos[:, :, None, :] >= 0) & (pos[:, :, None, :]
+                                                        <= query_pos_BxC[:, None, :, None])
+    out, probs = reference.attend_blocks(q, [(b.k, b.v, visible(b.pos)) for b in blocks],
+                                         soft_cap)
+    if not with_slot_mass:
+      return out, None
+    return out, jnp.concatenate([jnp.mean(p, axis=2) for p in probs], axis=-1)
+  join = lambda name: jnp.concatenate([getattr(b, name) for b in blocks], axis=2)
+  k, v, slot_pos_BxHkvxS = join("k"), join("v"), join("pos")
   if soft_cap is not None:
     raise ValueError(f"the {impl} decode kernel has no logit soft-cap; use "
                      "attention_impl='xla' for a model with attention soft-capping")
-  return _pallas(impl, q, cache.k, cache.v, slot_pos_BxHkvxS, query_pos_BxC,
+  return _pallas(impl, q, k, v, slot_pos_BxHkvxS, query_pos_BxC,
                  block_s=block_s or DEFAULT_BLOCK_S[impl], with_slot_mass=with_slot_mass,
                  interpret=interpret)
 
