@@ -61,9 +61,10 @@ class LanguageModel:
   def generate(self, prompt: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]], *,
                policy: str | Policy = "full", budget: int | None = None,
                max_new_tokens: int = 32, prefill_chunk: int = 512, temperature: float = 0.0,
+               top_k: int = 0, top_p: float = 1.0,
                question: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]] | None = None,
                budget_schedule: budgets_lib.Schedule = "uniform", seed: int = 0,
-               stop_at_eos: bool = True, progress: bool = False):
+               stop_at_eos: bool = True, progress: bool = False, stream: bool = False):
     """Continue `prompt` with at most `budget` KV slots per layer.
 
     Args:
@@ -73,6 +74,11 @@ class LanguageModel:
       max_new_tokens: tokens to generate.
       prefill_chunk: prompt tokens per prefill chunk.
       temperature: 0 for greedy decoding.
+      top_k, top_p: keep the k most likely tokens / the most likely tokens up to
+        probability p when sampling (0 and 1: all); `seed` makes sampling reproducible.
+      stream: yield the continuation as it is generated: for one prompt, each new token's
+        text (or id when given ids); for a batch, a list per step with one entry per row
+        (None once a row has stopped). Without it every decode step runs on the device.
       question: appended after the prompt has been compressed (query-agnostic protocol);
         to let the question shape the compression instead (query-aware), put it in `prompt`.
       budget_schedule: "uniform" or "pyramid" per-layer budgets.
@@ -92,10 +98,34 @@ class LanguageModel:
     new_ids = generate_ids(
         self.params, self.cfg, prompts, policy=policy, budget=budget,
         budget_schedule=budget_schedule, questions=questions, max_new_tokens=max_new_tokens,
-        prefill_chunk=prefill_chunk, temperature=temperature, seed=seed, eos_id=eos,
-        progress=progress, encode=self.tokenizer.encode)
+        prefill_chunk=prefill_chunk, temperature=temperature, top_k=top_k, top_p=top_p,
+        seed=seed, eos_id=eos, progress=progress, stream=stream, encode=self.tokenizer.encode)
+    if stream:
+      return self._stream(new_ids, as_text, batched)
     outs = [self.tokenizer.decode(ids) for ids in new_ids] if as_text else new_ids
     return outs if batched else outs[0]
+
+  def _stream(self, steps, as_text: bool, batched: bool):
+    """Each step's new text (decoded incrementally, so multi-token characters come whole)
+    or ids; per row for a batch."""
+    so_far: list[list[int]] = []
+    shown: list[str] = []
+    for tokens in steps:
+      if not so_far:
+        so_far, shown = [[] for _ in tokens], ["" for _ in tokens]
+      pieces = []
+      for b, token in enumerate(tokens):
+        if token is None or not as_text:
+          pieces.append(token)
+          continue
+        so_far[b].append(token)
+        text = self.tokenizer.decode(so_far[b])
+        pieces.append(text[len(shown[b]):])
+        shown[b] = text
+      if batched:
+        yield pieces
+      elif pieces[0] is not None:
+        yield pieces[0]
 
   def _rows(self, x, what: str) -> tuple[list, bool, bool]:
     """(rows, given as text?, given as a batch?) of a `generate` argument: a string, one row

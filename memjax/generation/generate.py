@@ -7,9 +7,12 @@ while that chunk is being inserted).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Iterator, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
@@ -18,7 +21,7 @@ from memjax import checks
 from memjax.cache import budgets as budgets_lib
 from memjax.cache import kv_cache
 from memjax.cache.policies import Policy, get_policy
-from memjax.generation import step
+from memjax.generation import sampling, step
 from memjax.models import llama
 from memjax.models.config import ModelConfig
 from memjax.sharding.inference import placed_chunk_step
@@ -87,15 +90,18 @@ def resolve_budgets(cfg: ModelConfig, policy: Policy, budget: int | None, total_
   return cap([min(slots, total_tokens) for slots in per_layer])
 
 
-def _first_logits(chunk_fn, params, cache, rows, chunk_len, marks=None):
+def _first_logits(chunk_fn, params, cache, rows, chunk_len, marks=None, progress=False):
   """Feed rows through in chunks; return each row's logits after its last token, and the cache.
 
   `marks` (rows of 0/1 flags like `rows`) go with the tokens, chunk by chunk, for a policy
-  that reads them (`uses_marks`); None for every other policy.
+  that reads them (`uses_marks`); None for every other policy. `progress`: a bar over the
+  chunks.
   """
   last_logits = None
   mark_chunks = chunks(marks, chunk_len) if marks is not None else None
-  for tokens, valid in chunks(rows, chunk_len):
+  n_chunks = math.ceil(max(len(r) for r in rows) / chunk_len)
+  for tokens, valid in tqdm(chunks(rows, chunk_len), total=n_chunks, desc="prefill",
+                            unit="chunk", disable=not progress):
     extra = () if mark_chunks is None else (None, next(mark_chunks)[0])
     logits, cache = chunk_fn(params, cache, tokens, valid, *extra)
     logits = np.asarray(logits)
@@ -105,7 +111,8 @@ def _first_logits(chunk_fn, params, cache, rows, chunk_len, marks=None):
 
 
 def _prefill_and_compress(params, cfg: ModelConfig, policy: Policy, prompts, encode,
-                          per_layer: list[int], room: int, prefill_chunk: int):
+                          per_layer: list[int], room: int, prefill_chunk: int,
+                          progress: bool = False):
   """Prefill `prompts` into a cache that holds them whole, score them, then keep
   `per_layer[l]` slots of layer l with `room` free slots after them (for the question and
   new tokens). Returns (last logits, cache).
@@ -120,7 +127,7 @@ def _prefill_and_compress(params, cfg: ModelConfig, policy: Policy, prompts, enc
                               cfg.jnp_dtype)
   prefill_policy = full if policy.compresses_once else policy
   logits, cache = _first_logits(step.jitted_chunk_step(cfg, prefill_policy, "last_logits"),
-                                params, cache, prompts, prefill_chunk)
+                                params, cache, prompts, prefill_chunk, progress=progress)
   if policy.compresses_once:
     passes = [policy.reconstruction_rows(list(p), encode) for p in prompts]
     longest = max(len(r) for rows in passes for r in rows)
@@ -132,22 +139,14 @@ def _prefill_and_compress(params, cfg: ModelConfig, policy: Policy, prompts, enc
   return logits, step.compress(cache, policy, per_layer, room, cfg.layer_plan())
 
 
-def sample(logits_BxV: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
-  """Greedy (temperature 0) or softmax sampling at `temperature`: int32 [B]."""
-  if temperature <= 0:
-    return np.argmax(logits_BxV, axis=-1).astype(np.int32)
-  z = logits_BxV.astype(np.float64) / temperature
-  p = np.exp(z - z.max(axis=-1, keepdims=True))
-  p /= p.sum(axis=-1, keepdims=True)
-  return np.array([rng.choice(p.shape[-1], p=row) for row in p], np.int32)
-
-
 def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
                  policy: str | Policy = "full", budget: int | None = None,
                  budget_schedule: budgets_lib.Schedule = "uniform",
                  questions: Sequence[Sequence[int]] | None = None, max_new_tokens: int = 32,
-                 prefill_chunk: int = 512, temperature: float = 0.0, seed: int = 0,
-                 eos_id: int | None = None, progress: bool = False, mesh: Mesh | None = None,
+                 prefill_chunk: int = 512, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int = 0,
+                 eos_id: int | None = None, progress: bool = False, stream: bool = False,
+                 mesh: Mesh | None = None,
                  rules: Rules | None = None,
                  marks: Sequence[Sequence[int]] | None = None,
                  encode: Callable[[str], list[int]] | None = None,
@@ -162,6 +161,12 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
       (query-agnostic protocol); they are inserted as one extra chunk.
     max_new_tokens: tokens generated per row; a row stops early at `eos_id`.
     prefill_chunk: tokens per prefill chunk C (peak cache = budget + C per layer).
+    temperature, top_k, top_p: sampling (`sampling.Sampler`): temperature 0 is greedy;
+      with a `seed` the tokens are reproducible, streamed or not.
+    progress: a progress bar over the prefill chunks.
+    stream: return an iterator that yields each step's tokens as they come (a list of B
+      ids, None for a row that has stopped) instead of running every decode step on the
+      device in one `lax.while_loop`; the tokens are the same.
     mesh: run prefill and decode on this mesh (one process): the cache split over batch
       rows and KV heads, params by their logical axes (`memjax.sharding`).
     rules: logical axis rules for `mesh`; default `memjax.sharding.DEFAULT_RULES`.
@@ -178,7 +183,8 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
       throughout: eviction at every prefill chunk, at the question and at every new token.
 
   Returns:
-    B lists of generated ids (without the prompt; the EOS token is not included).
+    B lists of generated ids (without the prompt; the EOS token is not included), or with
+    `stream` an iterator of per-step lists.
   """
   prompts = checks.token_rows(prompts, cfg.vocab_size, "prompt")
   if not prompts or any(len(p) == 0 for p in prompts):
@@ -190,7 +196,7 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
                        f"got {len(questions)} question(s) for {len(prompts)} prompt(s)")
   max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, 1, "tokens to generate")
   prefill_chunk = checks.integer("prefill_chunk", prefill_chunk, 1, "tokens per prefill chunk")
-  temperature = checks.non_negative("temperature", temperature, "0 for greedy decoding")
+  sampler = sampling.Sampler(temperature, top_k, top_p).checked()
   seed = checks.integer("seed", seed, 0)
   eos_id = checks.optional_integer("eos_id", eos_id, 0)
   policy = get_policy(policy)
@@ -215,7 +221,8 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
   unmarked = lambda rows: [[0] * len(r) for r in rows] if policy.uses_marks else None
   if compress_once:
     logits, cache = _prefill_and_compress(params, cfg, policy, prompts, encode, per_layer,
-                                          total - max(len(p) for p in prompts), prefill_chunk)
+                                          total - max(len(p) for p in prompts), prefill_chunk,
+                                          progress)
     # the compressed prompt is kept as it is: what follows is appended, nothing scored
     chunk_fn = step.jitted_chunk_step(cfg, get_policy("full"), "last_logits")
   else:
@@ -223,26 +230,94 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
     chunk_fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "last_logits",
                                                 mesh, rules)
     logits, cache = _first_logits(chunk_fn, params, cache, prompts, prefill_chunk,
-                                  marks if policy.uses_marks else None)
+                                  marks if policy.uses_marks else None, progress)
   if questions is not None and longest_question:
     q_logits, cache = _first_logits(chunk_fn, params, cache, questions, bucket(longest_question),
                                     unmarked(questions))
     has_question = np.array([len(q) > 0 for q in questions])[:, None]
     logits = np.where(has_question, q_logits, logits)
 
-  rng = np.random.default_rng(seed)
-  out = [[] for _ in range(batch)]
-  done = np.zeros(batch, bool)
-  for i in tqdm(range(max_new_tokens), desc=f"decode {policy.name}", disable=not progress):
-    token_B = sample(logits, temperature, rng)
-    for b in np.flatnonzero(~done):
-      if eos_id is not None and token_B[b] == eos_id:
-        done[b] = True
-      else:
-        out[b].append(int(token_B[b]))
-    if done.all() or i == max_new_tokens - 1:
-      break
-    step_marks = (None, np.zeros((batch, 1), np.int32)) if policy.uses_marks else ()
-    logits, cache = chunk_fn(params, cache, token_B[:, None], ~done[:, None], *step_marks)
-    logits = np.asarray(logits)
-  return out
+  key = jax.random.key(seed)
+  if stream or mesh is not None:
+    steps = _host_decode(chunk_fn, params, cache, logits, key, sampler, max_new_tokens,
+                         eos_id, policy.uses_marks)
+    if stream:
+      return steps
+    out = [[] for _ in range(batch)]
+    for tokens in steps:
+      for row, token in zip(out, tokens):
+        if token is not None:
+          row.append(token)
+    return out
+  decode = jitted_decode(cfg, get_policy("full") if compress_once else policy, sampler, eos_id,
+                         bucket(max_new_tokens))
+  tokens_BxN = np.asarray(decode(params, cache, logits, key, max_new_tokens))
+  return [[int(t) for t in row if t >= 0] for row in tokens_BxN]
+
+
+@functools.lru_cache(maxsize=32)
+def jitted_decode(cfg: ModelConfig, policy: Policy, sampler: sampling.Sampler,
+                  eos_id: int | None, slots: int):
+  """Decode on the device: (params, cache, logits_BxV, key, n) -> int32 [B, slots], the n
+  (<= slots) tokens of every row (-1 after a row's EOS and past n), every step inside one
+  `lax.while_loop` that stops early once every row has stopped.
+
+  A policy that never evicts appends the new tokens to a tail of `slots` slots while the
+  prompt's cache is only read (`kv_cache.ModelCache.tail`).
+  """
+  appends = step.appending_layers(cfg, policy)
+  one_step = functools.partial(step.chunk_step, cfg=cfg, policy=policy, output="last_logits")
+
+  def decode(params, cache, logits_BxV, key, n_steps):
+    b = logits_BxV.shape[0]
+    if any(appends):
+      cache = kv_cache.with_tail(cache, slots, appends)
+    marks = (None, jnp.zeros((b, 1), jnp.int32)) if policy.uses_marks else ()
+
+    def pick(i, logits, done_B, out_BxN):
+      token_B, done_B = _pick(logits, key, i, sampler, eos_id, done_B)
+      return token_B, done_B, out_BxN.at[:, i].set(jnp.where(done_B, -1, token_B))
+
+    def body(carry):
+      i, cache, logits, done_B, out_BxN = carry
+      token_B, done_B, out_BxN = pick(i, logits, done_B, out_BxN)
+      logits, cache = one_step(params, cache, token_B[:, None], ~done_B[:, None], *marks)
+      return i + 1, cache, logits, done_B, out_BxN
+
+    def more(carry):
+      i, _, _, done_B, _ = carry
+      return (i < n_steps - 1) & ~jnp.all(done_B)
+
+    start = (jnp.int32(0), cache, logits_BxV, jnp.zeros((b,), bool),
+             jnp.full((b, slots), -1, jnp.int32))
+    i, _, logits, done_B, out_BxN = jax.lax.while_loop(more, body, start)
+    return pick(i, logits, done_B, out_BxN)[2]
+
+  return jax.jit(decode)
+
+
+def _pick(logits_BxV, key, i, sampler: sampling.Sampler, eos_id: int | None, done_B):
+  """Step i's token of every row and which rows have stopped (now or before)."""
+  token_B = sampling.sample(logits_BxV, jax.random.fold_in(key, i), sampler)
+  return token_B, (done_B | (token_B == eos_id)) if eos_id is not None else done_B
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_pick(sampler: sampling.Sampler, eos_id: int | None):
+  return jax.jit(functools.partial(_pick, sampler=sampler, eos_id=eos_id))
+
+
+def _host_decode(chunk_fn, params, cache, logits, key, sampler, max_new_tokens, eos_id,
+                 uses_marks) -> Iterator[list[int | None]]:
+  """The decode steps one call at a time, yielding each step's tokens (None for a row that
+  has stopped); the same tokens as `jitted_decode` (same sampler, same keys)."""
+  pick = _jitted_pick(sampler, eos_id)
+  done = jnp.zeros((len(logits),), bool)
+  for i in range(max_new_tokens):
+    token, done = pick(logits, key, jnp.int32(i), done_B=done)
+    token_B, done_B = np.asarray(token), np.asarray(done)
+    yield [None if d else int(t) for t, d in zip(token_B, done_B)]
+    if done_B.all() or i == max_new_tokens - 1:
+      return
+    step_marks = (None, np.zeros((len(token_B), 1), np.int32)) if uses_marks else ()
+    logits, cache = chunk_fn(params, cache, token_B[:, None], ~done_B[:, None], *step_marks)

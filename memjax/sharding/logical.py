@@ -68,7 +68,9 @@ def param_axes(tree: Any) -> Any:
     spec = PARAM_AXES.get(dict_path(key_path))
     if spec is None:
       return P()
-    one_layer = any(isinstance(k, jax.tree_util.SequenceKey) for k in key_path)
+    one_layer = any(isinstance(k, jax.tree_util.DictKey) and k.key == "layers"
+                    and isinstance(after, jax.tree_util.SequenceKey)
+                    for k, after in zip(key_path, key_path[1:]))
     if one_layer and len(spec) and spec[0] == "layers":
       spec = P(*spec[1:])
     return spec if len(spec) == len(leaf.shape) else P()
