@@ -23,7 +23,8 @@ class LanguageModel:
 
   Attributes:
     cfg: the model's shapes and numerics.
-    params: parameter pytree (see `memjax.models.llama`).
+    params: parameter pytree in the per-layer inference layout (`memjax.models.llama.per_layer`:
+      each layer's weights their own buffers, as generation reads them).
     tokenizer: has `encode(str) -> list[int]` and `decode(list[int]) -> str`.
     name: where it was loaded from.
   """
@@ -64,7 +65,8 @@ class LanguageModel:
                top_k: int = 0, top_p: float = 1.0,
                question: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]] | None = None,
                budget_schedule: budgets_lib.Schedule = "uniform", seed: int = 0,
-               stop_at_eos: bool = True, progress: bool = False, stream: bool = False):
+               stop_at_eos: bool = True, progress: bool = False, stream: bool = False,
+               allocation: str = "uniform", head_floor: float = 0.2):
     """Continue `prompt` with at most `budget` KV slots per layer.
 
     Args:
@@ -82,6 +84,9 @@ class LanguageModel:
       question: appended after the prompt has been compressed (query-agnostic protocol);
         to let the question shape the compression instead (query-aware), put it in `prompt`.
       budget_schedule: "uniform" or "pyramid" per-layer budgets.
+      allocation: "uniform" (each KV head keeps its own `budget` slots) or "heads" (a
+        layer's slots are one pool its KV heads share, each keeping at least `head_floor`
+        of its share; `memjax.cache.allocation`).
 
     Returns:
       Text when given text, token ids when given ids; a list of those for a batch.
@@ -99,7 +104,8 @@ class LanguageModel:
         self.params, self.cfg, prompts, policy=policy, budget=budget,
         budget_schedule=budget_schedule, questions=questions, max_new_tokens=max_new_tokens,
         prefill_chunk=prefill_chunk, temperature=temperature, top_k=top_k, top_p=top_p,
-        seed=seed, eos_id=eos, progress=progress, stream=stream, encode=self.tokenizer.encode)
+        seed=seed, eos_id=eos, progress=progress, stream=stream, encode=self.tokenizer.encode,
+        allocation=allocation, head_floor=head_floor)
     if stream:
       return self._stream(new_ids, as_text, batched)
     outs = [self.tokenizer.decode(ids) for ids in new_ids] if as_text else new_ids
@@ -126,6 +132,28 @@ class LanguageModel:
         yield pieces
       elif pieces[0] is not None:
         yield pieces[0]
+
+  def cache_bytes(self, policy: str | Policy = "full", budget: int | None = None,
+                  tokens: int = 4096, batch: int = 1, allocation: str = "uniform",
+                  budget_schedule: budgets_lib.Schedule = "uniform") -> int:
+    """Bytes of the KV cache that `generate` allocates for `batch` rows of `tokens` tokens
+    (prompt + question + new) under `policy` and `budget`: keys, values, positions, policy
+    statistics and, for allocation="heads", one head id per slot. Nothing is allocated."""
+    from memjax.cache import allocation as allocation_lib
+    from memjax.cache import kv_cache
+    from memjax.cache.policies import get_policy
+    from memjax.generation.generate import resolve_budgets
+    policy = get_policy(policy)
+    per_layer = resolve_budgets(self.cfg, policy, budget, tokens, budget_schedule)
+
+    def build():
+      cache = kv_cache.init_cache(per_layer, batch, self.cfg.n_kv_heads, self.cfg.head_dim,
+                                  self.cfg.jnp_dtype)
+      if allocation_lib.check_allocation(allocation) == "heads" and policy.evicts:
+        cache = allocation_lib.pooled(cache, [s.window is None for s in self.cfg.layer_plan()])
+      return cache
+
+    return kv_cache.cache_bytes(jax.eval_shape(build))
 
   def _rows(self, x, what: str) -> tuple[list, bool, bool]:
     """(rows, given as text?, given as a batch?) of a `generate` argument: a string, one row
@@ -186,6 +214,7 @@ def load(name_or_path: str = "smollm2-135m", dtype: str = "float32",
     from memjax.retention.store import load_gates
     gate_params, _ = load_gates(gates, cfg, model=str(name_or_path))
     params = add_gates(params, jax.tree.map(jax.numpy.asarray, gate_params))
+  params = llama.per_layer(params)  # the stacked copy is dropped here
   return LanguageModel(cfg, params, tokenizer, str(name_or_path))
 
 

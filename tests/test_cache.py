@@ -143,7 +143,7 @@ def test_decode_compiles_once_across_50_steps():
   cfg, params = tiny_model(vocab_size=101)  # a model no other test uses: a fresh jit cache
   policy = get_policy("h2o")
   fn = step.jitted_chunk_step(cfg, policy, "last_logits")
-  loop = generate.jitted_decode(cfg, policy, sampling.Sampler(), None, 64)
+  loop = generate.jitted_decode(cfg, policy, sampling.Sampler(), None, 64, 0.2)  # as generate_ids
   generate.generate_ids(params, cfg, [[1, 2, 3] * 7], policy=policy, budget=16,
                         max_new_tokens=51, prefill_chunk=CHUNK)
   assert fn._cache_size() == 1 and loop._cache_size() == 1  # a prefill chunk, a decode loop

@@ -8,7 +8,8 @@ import pytest
 
 from memjax.attention import reference
 from memjax.cache import kv_cache
-from memjax.generation import sampling
+from memjax.cache.policies import get_policy
+from memjax.generation import generate, sampling, step
 from memjax.generation.generate import generate_ids
 from memjax.models import llama
 from tests.helpers import tiny_model
@@ -119,3 +120,39 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent():
                                   seed=seed)
   assert run(1) == run(1)
   assert run(1) != run(2)
+
+
+def test_any_per_layer_budgets_compile_one_prefill_step_and_one_decode_loop():
+  cfg, params = tiny_model(vocab_size=103)  # a model no other test uses: a fresh jit cache
+  policy = get_policy("h2o")
+  fn = step.jitted_chunk_step(cfg, policy, "last_logits")
+  loop = generate.jitted_decode(cfg, policy, sampling.Sampler(), None, generate.bucket(8), 0.2)
+  budgets = generate.resolve_budgets(cfg, policy, 24, 64, "pyramid")
+  assert len(set(budgets)) == cfg.n_layers  # every layer its own shape
+  generate_ids(params, cfg, [list(range(40))], policy=policy, budget=24,
+               budget_schedule="pyramid", max_new_tokens=8, prefill_chunk=16)
+  assert fn._cache_size() == 1 and loop._cache_size() == 1
+  assert kv_cache.init_cache(budgets, 1, cfg.n_kv_heads, cfg.head_dim).budgets == budgets
+
+
+@pytest.mark.parametrize("filled,capacity,block", [([0, 5], 12, 4), ([12, 7], 12, 5),
+                                                   ([3, 3], 8, 16)])
+def test_blockwise_attention_over_filled_slots_equals_the_reference(filled, capacity, block):
+  from memjax.attention import blockwise
+  keys = jax.random.split(jax.random.PRNGKey(8), 6)
+  b, c, hq, hkv, d = 2, 3, 4, 2, 8
+  q = jax.random.normal(keys[0], (b, c, hq, d))
+  k = jax.random.normal(keys[1], (b, hkv, capacity, d))
+  v = jax.random.normal(keys[2], (b, hkv, capacity, d))
+  pos = jnp.where(jnp.arange(capacity)[None, None] < jnp.asarray(filled)[:, None, None],
+                  jnp.arange(capacity)[None, None], -1) * jnp.ones((b, hkv, 1), jnp.int32)
+  k2, v2 = jax.random.normal(keys[3], (b, hkv, c, d)), jax.random.normal(keys[4], (b, hkv, c, d))
+  pos2 = jnp.asarray(filled)[:, None, None] + jnp.arange(c)[None, None] * jnp.ones((b, hkv, 1),
+                                                                                   jnp.int32)
+  q_pos = jnp.asarray(filled)[:, None] + jnp.arange(c)[None]
+  visible = lambda p: (p[:, :, None, :] >= 0) & (p[:, :, None, :] <= q_pos[:, None, :, None])
+  want, _ = reference.attend_blocks(q, [(k, v, visible(pos)), (k2, v2, visible(pos2))],
+                                    soft_cap=5.0)
+  got = blockwise.attend_filled(q, k, v, pos, jnp.asarray(filled, jnp.int32),
+                                [(k2, v2, pos2)], q_pos, block=block, soft_cap=5.0)
+  np.testing.assert_allclose(got, want, atol=1e-5)

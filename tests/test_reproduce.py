@@ -15,8 +15,8 @@ SMALL_OUT = ROOT / registry.SMALL_RESULTS
 
 
 def test_every_experiment_is_registered():
-  assert set(ABLATIONS) == {"sweep", "budget_schedule", "trimkv_ablations", "memory_layers",
-                            "assoc_recall", "ruler"}
+  assert set(ABLATIONS) == {"sweep", "budget_schedule", "adaptive_budgets", "trimkv_ablations",
+                            "memory_layers", "assoc_recall", "ruler"}
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))

@@ -28,11 +28,15 @@ class LayerCache(NamedTuple):
   k, v: [(L,) B, Hkv, S, Dh] rotated keys and values.
   pos: int32 [(L,) B, Hkv, S] original token position of each slot, -1 when empty.
   stats: float32 [(L,) B, Hkv, S] what the policy accumulates (attention mass, ...).
+  head: int32 [(L,) B, Hkv, S], the KV head whose token each slot holds, in a layer whose
+    heads share one pool of slots (`memjax.cache.allocation`); None when every head owns
+    its row of S slots.
   """
   k: jax.Array
   v: jax.Array
   pos: jax.Array
   stats: jax.Array
+  head: jax.Array | None = None
 
   @property
   def capacity(self) -> int:
@@ -73,6 +77,12 @@ class ModelCache(NamedTuple):
       raise ValueError(f"layers {start}..{stop} have different budgets "
                        f"{[layer.capacity for layer in layers]}; stack a range that shares one")
     return jax.tree.map(lambda *a: jnp.stack(a), *layers)
+
+
+def cache_bytes(cache: ModelCache) -> int:
+  """Bytes of every layer's buffers (keys, values, positions, statistics, head ids), also
+  of a cache given by `jax.eval_shape`; a pending tail is not counted."""
+  return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(cache.layers))
 
 
 def empty_layer(budget: int, batch: int, n_kv_heads: int, head_dim: int,

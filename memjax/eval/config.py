@@ -26,6 +26,9 @@ class EvalConfig:
       an .npz from `memjax export-gates`.
     budgets: KV budgets per layer: a fraction of the context if <= 1 (0.25 keeps a
       quarter of the tokens), else an absolute number of tokens (whole number).
+    allocation: "uniform" (every KV head keeps its own budget) or "heads" (a layer's slots
+      are one pool its KV heads share, `memjax.cache.allocation`), for every evicting
+      policy; head_floor: the fraction of its share each head keeps at least.
     budget_schedule: "uniform" (same budget in every layer) or "pyramid" (shrinking
       with depth, same mean).
     tasks: task names (memjax.eval.tasks.TASKS): memjax's retrieval ("single",
@@ -65,6 +68,8 @@ class EvalConfig:
   gates: str | None = None
   budgets: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.25, 0.125])
   budget_schedule: Literal["uniform", "pyramid"] = "uniform"
+  allocation: Literal["uniform", "heads"] = "uniform"
+  head_floor: float = 0.2
   tasks: list[str] = dataclasses.field(default_factory=lambda: ["single"])
   context_tokens: list[int] = dataclasses.field(default_factory=lambda: [1000])
   depths: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
@@ -111,6 +116,10 @@ class EvalConfig:
     for field in ("n_cases", "batch_size", "prefill_chunk", "ppl_windows", "ppl_chunk"):
       if getattr(self, field) < 1:
         raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+    if self.allocation not in ("uniform", "heads"):
+      raise ValueError(f"allocation must be 'uniform' or 'heads', got {self.allocation!r}")
+    if not 0.0 <= self.head_floor <= 1.0:
+      raise ValueError(f"head_floor must be a fraction in [0, 1], got {self.head_floor!r}")
     if self.ppl_window_tokens < 2:
       raise ValueError(f"ppl_window_tokens must be >= 2, got {self.ppl_window_tokens}")
 

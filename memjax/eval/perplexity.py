@@ -7,10 +7,11 @@ from typing import Sequence
 import numpy as np
 from jax.sharding import Mesh
 
+from memjax.cache import allocation as allocation_lib
 from memjax.cache import kv_cache
 from memjax.cache.kv_cache import ModelCache
 from memjax.cache.policies import Policy
-from memjax.generation import generate
+from memjax.generation import generate, step
 from memjax.models.config import ModelConfig
 from memjax.sharding.inference import placed_chunk_step
 from memjax.sharding.rules import Rules
@@ -18,21 +19,30 @@ from memjax.sharding.rules import Rules
 
 def budgeted_logprobs(params, cfg: ModelConfig, tokens_BxT: np.ndarray, policy: Policy,
                       budgets: Sequence[int], chunk: int, mesh: Mesh | None = None,
-                      rules: Rules | None = None) -> tuple[np.ndarray, ModelCache]:
+                      rules: Rules | None = None, allocation: str = "uniform",
+                      head_floor: float = allocation_lib.DEFAULT_HEAD_FLOOR
+                      ) -> tuple[np.ndarray, ModelCache]:
   """log p(x_{t+1} | x_{<=t}) [B, T-1] as the model reads `tokens_BxT` chunk by chunk.
 
   Each chunk of `chunk` tokens sees the (evicted) cache of everything before it plus
   itself causally; a smaller chunk makes the budget bite sooner. With `mesh`, the cache
   and rows are split over it as in `generate_ids` (rules default
-  `memjax.sharding.DEFAULT_RULES`).
+  `memjax.sharding.DEFAULT_RULES`). `allocation`, `head_floor` as in `generate_ids` (a
+  head-shared pool runs on one device).
 
   Returns:
     float32 log-probabilities [B, T-1] and the final cache.
   """
   b, t = tokens_BxT.shape
   cache = kv_cache.init_cache(budgets, b, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype)
-  fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "target_logprobs", mesh,
-                                       rules)
+  if allocation_lib.check_allocation(allocation) == "heads" and policy.evicts:
+    if mesh is not None:
+      raise ValueError("allocation='heads' runs on one device: leave mesh unset")
+    cache = allocation_lib.pooled(cache, [s.window is None for s in cfg.layer_plan()])
+    fn = step.jitted_chunk_step(cfg, policy, "target_logprobs", head_floor)
+  else:
+    fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "target_logprobs", mesh,
+                                         rules)
   targets_BxT = np.concatenate([tokens_BxT[:, 1:], np.zeros((b, 1), np.int32)], axis=1)
   pieces = []
   for (tokens, valid), (targets, _) in zip(generate.chunks(tokens_BxT.tolist(), chunk),

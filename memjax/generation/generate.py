@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from memjax import checks
+from memjax.cache import allocation as allocation_lib
 from memjax.cache import budgets as budgets_lib
 from memjax.cache import kv_cache
 from memjax.cache.policies import Policy, get_policy
@@ -150,7 +151,9 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
                  rules: Rules | None = None,
                  marks: Sequence[Sequence[int]] | None = None,
                  encode: Callable[[str], list[int]] | None = None,
-                 compress_once: bool = False) -> list[list[int]]:
+                 compress_once: bool = False,
+                 allocation: allocation_lib.Allocation = "uniform",
+                 head_floor: float = allocation_lib.DEFAULT_HEAD_FLOOR) -> list[list[int]]:
   """Generate continuations for a batch of prompts under a KV budget.
 
   Args:
@@ -179,8 +182,13 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
       policy observing every chunk), keep `budget` slots per layer once at its end, and
       append the question and new tokens on top of them, evicting nothing more (one device
       only; `full` is unchanged by it). Always on for a `compresses_once` policy (`kvzip`,
-      which also scores the prompt with its own reconstruction passes). By default (False) the cache holds `budget` slots
-      throughout: eviction at every prefill chunk, at the question and at every new token.
+      which also scores the prompt with its own reconstruction passes). By default (False)
+      the cache holds `budget` slots throughout: eviction at every prefill chunk, at the
+      question and at every new token.
+    allocation: "uniform" (every KV head keeps its own `budget` slots per layer) or
+      "heads": a layer's budget x Hkv slots are one pool its KV heads share, each head
+      keeping at least `head_floor` of its share (`memjax.cache.allocation`); the same
+      memory. One device; not with `compress_once`; a policy that never evicts ignores it.
 
   Returns:
     B lists of generated ids (without the prompt; the EOS token is not included), or with
@@ -206,7 +214,13 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
     raise ValueError("marks need one row per prompt with one flag per prompt token")
   if marks is not None and mesh is not None:
     raise ValueError("marks (the oracle policy) run on one device; leave mesh unset")
+  allocation = allocation_lib.check_allocation(allocation)
+  pooled = allocation == "heads" and policy.evicts
   compress_once = (compress_once and policy.evicts) or policy.compresses_once
+  if pooled and (compress_once or mesh is not None):
+    raise ValueError(f"allocation='heads' evicts at every chunk on one device: leave mesh "
+                     f"unset and compress_once off (policy {policy.name!r})")
+  allocation_lib.floor_slots(1, head_floor)  # a clear error for a bad fraction
   if policy.compresses_once and encode is None:
     raise ValueError(f"policy {policy.name!r} writes its own reconstruction prompt: pass "
                      "encode=tokenizer.encode")
@@ -227,8 +241,12 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
     chunk_fn = step.jitted_chunk_step(cfg, get_policy("full"), "last_logits")
   else:
     cache = kv_cache.init_cache(per_layer, batch, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype)
-    chunk_fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "last_logits",
-                                                mesh, rules)
+    if pooled:
+      cache = allocation_lib.pooled(cache, [s.window is None for s in cfg.layer_plan()])
+      chunk_fn = step.jitted_chunk_step(cfg, policy, "last_logits", head_floor)
+    else:
+      chunk_fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "last_logits",
+                                                  mesh, rules)
     logits, cache = _first_logits(chunk_fn, params, cache, prompts, prefill_chunk,
                                   marks if policy.uses_marks else None, progress)
   if questions is not None and longest_question:
@@ -250,14 +268,15 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
           row.append(token)
     return out
   decode = jitted_decode(cfg, get_policy("full") if compress_once else policy, sampler, eos_id,
-                         bucket(max_new_tokens))
+                         bucket(max_new_tokens), head_floor)
   tokens_BxN = np.asarray(decode(params, cache, logits, key, max_new_tokens))
   return [[int(t) for t in row if t >= 0] for row in tokens_BxN]
 
 
 @functools.lru_cache(maxsize=32)
 def jitted_decode(cfg: ModelConfig, policy: Policy, sampler: sampling.Sampler,
-                  eos_id: int | None, slots: int):
+                  eos_id: int | None, slots: int,
+                  head_floor: float = allocation_lib.DEFAULT_HEAD_FLOOR):
   """Decode on the device: (params, cache, logits_BxV, key, n) -> int32 [B, slots], the n
   (<= slots) tokens of every row (-1 after a row's EOS and past n), every step inside one
   `lax.while_loop` that stops early once every row has stopped.
@@ -266,7 +285,8 @@ def jitted_decode(cfg: ModelConfig, policy: Policy, sampler: sampling.Sampler,
   prompt's cache is only read (`kv_cache.ModelCache.tail`).
   """
   appends = step.appending_layers(cfg, policy)
-  one_step = functools.partial(step.chunk_step, cfg=cfg, policy=policy, output="last_logits")
+  one_step = functools.partial(step.chunk_step, cfg=cfg, policy=policy, output="last_logits",
+                               head_floor=head_floor)
 
   def decode(params, cache, logits_BxV, key, n_steps):
     b = logits_BxV.shape[0]

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from memjax.cache import kv_cache
+from memjax.cache import allocation, kv_cache
 from memjax.cache.kv_cache import LayerCache, ModelCache
 from memjax.cache.policies import Policy
 from memjax.cache.policies.base import Chunk
@@ -77,7 +77,8 @@ def _window_attend(q, cands: LayerCache, positions_BxC, spec: LayerSpec):
 
 
 def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
-                 attend: Attend, marks_BxC: jax.Array | None = None, *, insert: bool = True):
+                 attend: Attend, marks_BxC: jax.Array | None = None, *, insert: bool = True,
+                 head_floor: float = allocation.DEFAULT_HEAD_FLOOR):
   """A `llama.Mixer` that attends over cache ∪ chunk and then evicts down to the budget
   (or, for a policy that never evicts, appends the chunk in place and attends over that);
   a sliding-window block keeps a ring of its latest tokens instead. The block's RoPE
@@ -110,7 +111,7 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
                                                                                tail)
       tail = kv_cache.append_in_order(tail, *fresh, kv_cache.filled(tail))
       out = attend(q, (cache, tail), positions_BxC, with_slot_mass=False,
-                   soft_cap=spec.attn_soft_cap)[0]
+                   soft_cap=spec.attn_soft_cap, filled_first=True)[0]
       return out, (cache, layer, tail)
     fresh_stats_BxHkvxC = None
     if policy.uses_retention_gate:
@@ -122,7 +123,12 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
                          "generate_ids (one row of 0/1 flags per prompt token)")
       fresh_stats_BxHkvxC = jnp.broadcast_to(marks_BxC.astype(jnp.float32)[:, None, :],
                                              (k.shape[0], n_kv, k.shape[1]))
-    cands = kv_cache.candidates_of(cache, einops.rearrange(k, "b c h d -> b h c d"),
+    pooled = cache.head is not None
+    if pooled and not insert:
+      raise ValueError("a head-shared pool is not scored once after prefill: use "
+                       "allocation='uniform' with a policy that compresses once")
+    cands = kv_cache.candidates_of(allocation.pool_rows(cache) if pooled else cache,
+                                   einops.rearrange(k, "b c h d -> b h c d"),
                                    einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                    fresh_stats_BxHkvxC)
     out, probs = _attend_slots(q, cands, positions_BxC, attend, policy.needs_attention, spec)
@@ -134,6 +140,11 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
       view = kv_cache.candidates_view(cands, policy, t_end_B, layer, cache.capacity, k_pre)
       chunk = _chunk_view(policy, q, h, positions_BxC, valid_BxC, spec)
       cands = cands._replace(stats=policy.observe_chunk(view, chunk))
+    if pooled:
+      view = kv_cache.candidates_view(cands, policy, t_end_B, layer, cache.capacity, k_pre)
+      floor = allocation.floor_slots(cache.capacity, head_floor)
+      kept = allocation.keep_best_pooled(cands, policy.score(view), cache.capacity, floor)
+      return out, (kept, layer, tail)
     return out, (kv_cache.evict(cands, policy, t_end_B, layer, cache.capacity, k_pre), layer,
                  tail)
 
@@ -143,8 +154,9 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
 def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array,
                   valid_BxC: jax.Array, cfg: ModelConfig, policy: Policy, *,
                   mesh: Mesh | None = None, rules: Rules | None = None,
-                  marks_BxC: jax.Array | None = None,
-                  insert: bool = True) -> tuple[jax.Array, ModelCache]:
+                  marks_BxC: jax.Array | None = None, insert: bool = True,
+                  head_floor: float = allocation.DEFAULT_HEAD_FLOOR
+                  ) -> tuple[jax.Array, ModelCache]:
   """Run a chunk through every layer, updating the cache.
 
   Args:
@@ -157,6 +169,8 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
       turns into copies of every weight (correct, several times slower).
     mesh, rules: under a `jit` sharded on `mesh` (logical axis `rules`), Pallas attention
       runs per device block of batch rows and KV heads (`memjax.sharding.kernels`).
+    head_floor: in a layer whose heads share a pool, the fraction of its uniform share
+      that every head keeps at least.
     insert: False for a scoring pass of a `compresses_once` policy: the chunk attends at
       the positions after the cached tokens and the policy observes it, but it is not
       inserted and the clock does not move.
@@ -173,7 +187,8 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
   t_end_B = cache.t + jnp.sum(valid_BxC, axis=1, dtype=jnp.int32)
   attend = functools.partial(mesh_kernels.decode_attention, backend=cfg.attention_impl,
                              mesh=mesh, rules=rules)
-  mix = _cache_mixer(policy, valid_BxC, t_end_B, attend, marks_BxC, insert=insert)
+  mix = _cache_mixer(policy, valid_BxC, t_end_B, attend, marks_BxC, insert=insert,
+                     head_floor=head_floor)
   x = llama.embed(params, tokens_BxC, cfg)
   tails = cache.tail or (None,) * len(cache.layers)
   states = [(layer, jnp.int32(i), tail) for i, (layer, tail) in enumerate(zip(cache.layers,
@@ -185,14 +200,16 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
 
 def chunk_step(params, cache, tokens_BxC, valid_BxC, targets_BxC=None, marks_BxC=None, *,
                cfg: ModelConfig, policy: Policy, output: Output, mesh: Mesh | None = None,
-               rules: Rules | None = None):
-  """`forward_chunk` plus an output head (`mesh`, `rules`, `marks_BxC` as there).
+               rules: Rules | None = None, head_floor: float = allocation.DEFAULT_HEAD_FLOOR):
+  """`forward_chunk` plus an output head (`mesh`, `rules`, `marks_BxC`, `head_floor` as
+  there).
 
   output="last_logits": float32 logits [B, V] at each row's last real token.
   output="target_logprobs": float32 log p(targets) [B, C] at every position.
   """
   hidden_BxCxD, cache = forward_chunk(params, cache, tokens_BxC, valid_BxC, cfg, policy,
-                                      mesh=mesh, rules=rules, marks_BxC=marks_BxC)
+                                      mesh=mesh, rules=rules, marks_BxC=marks_BxC,
+                                      head_floor=head_floor)
   if output == "last_logits":
     last_B = jnp.maximum(jnp.sum(valid_BxC, axis=1) - 1, 0)
     hidden_Bx1xD = jnp.take_along_axis(hidden_BxCxD, last_B[:, None, None], axis=1)
@@ -208,15 +225,18 @@ def appending_layers(cfg: ModelConfig, policy: Policy) -> list[bool]:
 
 
 @functools.lru_cache(maxsize=64)
-def jitted_chunk_step(cfg: ModelConfig, policy: Policy, output: Output):
-  """`chunk_step` compiled for one (model, policy, output); the cache buffers are donated.
+def jitted_chunk_step(cfg: ModelConfig, policy: Policy, output: Output,
+                      head_floor: float = allocation.DEFAULT_HEAD_FLOOR):
+  """`chunk_step` compiled for one (model, policy, output, head floor); the cache buffers
+  are donated.
 
   jax.jit compiles once per distinct chunk length and cache shape, so a prefill with a fixed
   chunk size and a decode loop each compile once, whatever the context length. For a
   policy that never evicts, the chunk goes into a tail of C slots while the layers are only
   read, and a second compiled program writes the tail in place (`kv_cache.commit`).
   """
-  step = functools.partial(chunk_step, cfg=cfg, policy=policy, output=output)
+  step = functools.partial(chunk_step, cfg=cfg, policy=policy, output=output,
+                           head_floor=head_floor)
   appends = appending_layers(cfg, policy)
   if not any(appends):
     return jax.jit(step, donate_argnums=(1,))

@@ -253,7 +253,8 @@ def run_layers(params: Params, x_BxTxD: jax.Array, positions_BxT: jax.Array, sta
       `per_layer`.
     states: per-layer states over [start, stop) (or None): stacked like the layers for
       stacked params, a sequence of one state per layer for per-layer params; the updated
-      states come back in the same form.
+      states come back in the same form (without states, what the blocks emit comes back
+      stacked [L, ...] either way).
     mix: the attention of every block.
     remat: recompute each block's activations in the backward pass instead of storing them.
     memory_block: runs a block with a memory layer (memjax.memory.decoder); needed when
@@ -286,8 +287,10 @@ def run_layers(params: Params, x_BxTxD: jax.Array, positions_BxT: jax.Array, sta
     outputs.append(new)
   if states is None and all(o is None for o in outputs):
     return x_BxTxD, None
-  if unrolled:
+  if unrolled and states is not None:
     return x_BxTxD, tuple(outputs)
+  if unrolled:  # what the blocks emitted, stacked as a scan stacks it
+    return x_BxTxD, jax.tree.map(lambda *a: jnp.stack(a), *outputs)
   return x_BxTxD, jax.tree.map(lambda *a: jnp.concatenate(a), *outputs)
 
 

@@ -111,6 +111,13 @@ def _budget_schedule(out: pathlib.Path, small: bool) -> list[Step]:
   return [_script_step("experiments/budget_schedule.py", args)]
 
 
+def _adaptive_budgets(out: pathlib.Path, small: bool) -> list[Step]:
+  args = [f"output_dir={out}"]
+  if small:
+    args += ["policies=[h2o,keydiff]", "gates=null", *SMALL_EVAL, "perplexity=false"]
+  return [_script_step("experiments/adaptive_budgets.py", args)]
+
+
 def _trimkv(out: pathlib.Path, small: bool) -> list[Step]:
   names = ["full_objective", "no_capacity"] if small else ["all"]
   runs = ["--small", "--runs", str(SMALL_RUNS / "trimkv_ablations")] if small else []
@@ -149,6 +156,10 @@ ABLATIONS = {a.name: a for a in [
     Ablation("budget_schedule", "uniform vs pyramid per-layer budgets (same mean) for "
              "h2o, snapkv, keydiff at 25/12.5% on SmolLM2-135M", _budget_schedule,
              ("budget_schedule.md", "budget_schedule.csv", "budget_schedule_single_*.png")),
+    Ablation("adaptive_budgets", "uniform vs per-head (AdaKV-style) allocation of each "
+             "layer's slots for snapkv, keydiff, h2o, tova, learned at 25/12.5%",
+             _adaptive_budgets, ("adaptive_budgets.md", "adaptive_budgets.csv",
+                                 "adaptive_budgets_single_*.png", "adaptive_budgets_slots.png")),
     Ablation("trimkv_ablations", "TRIM-KV objective ablations (no capacity / KL / CE loss, "
              "gate width): learned retrieval and perplexity at 25%", _trimkv,
              ("trimkv_ablations.md", "trimkv_ablations.csv", "trimkv_ablations.png")),

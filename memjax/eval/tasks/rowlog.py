@@ -55,6 +55,11 @@ class RowLog:
     return row
 
 
+# EvalConfig fields added after rows were first logged: at these defaults they are left out of
+# the fingerprint, so the rows logged before them are still found.
+LATER_FIELDS = {"allocation": "uniform", "head_floor": 0.2}
+
+
 def fingerprint(cfg: Any) -> str:
   """Hash of the settings that change a row's value: every field of the dataclass `cfg`,
   less, for an EvalConfig, those that only say which rows are asked for."""
@@ -63,6 +68,9 @@ def fingerprint(cfg: Any) -> str:
   if isinstance(cfg, EvalConfig):
     for field in EVAL_SELECTION_FIELDS:
       settings.pop(field)
+    for field, default in LATER_FIELDS.items():
+      if settings.get(field) == default:
+        settings.pop(field)
   return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
