@@ -546,7 +546,7 @@ def plan_ratios(plan: Plan) -> list[Ratio]:
   b = max(plan.batches)
   return ratios + [Ratio(f"batch {b} at {k(plan.mid)}: ms/step of streaming budget {budget} / "
                          f"full cache (tokens/s >= 3x full)", stream(plan.mid, b, budget),
-                         ("memjax", "full", plan.mid, None, b), decode, round(1 / 3, 2))
+                         ("memjax", "full", plan.mid, None, b), decode, 1 / 3)
                    for budget in (BUDGET, BUDGET // 2)]
 
 
@@ -561,7 +561,7 @@ def ratios_table(results, plan: Plan) -> list[str]:
     value = ratio.value(results, 0)
     verdict = "n/a" if value is None else ("met" if value <= ratio.target else "not met")
     lines.append(f"| {ratio.name} | {fmt(value, 2)} | "
-                 f"{fmt(ratio.value(results, 1), 2)} | <= {ratio.target} | {verdict} |")
+                 f"{fmt(ratio.value(results, 1), 2)} | <= {ratio.target:.3g} | {verdict} |")
   return lines + [""]
 
 

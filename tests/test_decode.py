@@ -156,3 +156,25 @@ def test_blockwise_attention_over_filled_slots_equals_the_reference(filled, capa
   got = blockwise.attend_filled(q, k, v, pos, jnp.asarray(filled, jnp.int32),
                                 [(k2, v2, pos2)], q_pos, block=block, soft_cap=5.0)
   np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_new_token_replaces_the_slot_keep_best_would_drop(seed):
+  rng = np.random.default_rng(seed)
+  b, h, s, d = 2, 3, 6, 4
+  pos = rng.permutation(60)[:b * h * (s + 1)].reshape(b, h, s + 1).astype(np.int32)
+  pos[0, 1, 2] = -1  # an empty slot: it loses before any token
+  scores = np.round(rng.normal(size=(b, h, s + 1)), 1).astype(np.float32)  # with ties
+  scores[1, 2] = 0.5  # all equal: the last candidate (the new token) loses
+  k = jnp.asarray(rng.normal(size=(b, h, s + 1, d)), jnp.float32)
+  cands = kv_cache.LayerCache(k=k, v=-k, pos=jnp.asarray(pos), stats=jnp.asarray(scores))
+  want = kv_cache.keep_best(cands, jnp.asarray(scores), s)
+  got = kv_cache.replace_worst(cands, jnp.asarray(scores), s)
+  for row in range(b):
+    for head in range(h):
+      order = np.argsort(np.asarray(got.pos[row, head]))
+      want_order = np.argsort(np.asarray(want.pos[row, head]))
+      for field in ("pos", "stats", "k", "v"):
+        np.testing.assert_array_equal(np.asarray(getattr(got, field)[row, head])[order],
+                                      np.asarray(getattr(want, field)[row, head])[want_order])
+  np.testing.assert_array_equal(got.pos[1, 2], pos[1, 2, :s])

@@ -203,9 +203,30 @@ def candidates_view(cands: LayerCache, policy: Policy, t_end_B: jax.Array, layer
                     k_pre=k_pre if policy.needs_pre_rope_keys else None)
 
 
+def replace_worst(cands: LayerCache, scores_BxHkvxN: jax.Array, capacity: int) -> LayerCache:
+  """`keep_best` of S + 1 candidates (the cache and one new token): the same kept set, but
+  the new token is written into the slot of the candidate that loses (nothing changes when
+  the new token itself loses) instead of gathering and re-sorting every slot. The loser is
+  the one `keep_best` drops: the lowest score, the last such candidate on ties (top-k keeps
+  equal scores in index order)."""
+  n = cands.pos.shape[-1]
+  scores = jnp.where(cands.pos >= 0, scores_BxHkvxN.astype(jnp.float32), -jnp.inf)
+  drop_BxHkv = (n - 1) - jnp.argmin(scores[..., ::-1], axis=-1)
+  into_BxHkvxS = jnp.arange(capacity) == drop_BxHkv[..., None]
+
+  def keep(a):
+    into = into_BxHkvxS.reshape(into_BxHkvxS.shape + (1,) * (a.ndim - 3))
+    return jnp.where(into, a[:, :, capacity:capacity + 1], a[:, :, :capacity])
+
+  return LayerCache(k=keep(cands.k), v=keep(cands.v), pos=keep(cands.pos),
+                    stats=keep(cands.stats))
+
+
 def evict(cands: LayerCache, policy: Policy, t_end_B: jax.Array, layer: jax.Array,
           capacity: int, k_pre: jax.Array | None = None) -> LayerCache:
   """Score the candidates with `policy` and keep the best `capacity` of them
-  (`k_pre` as in `candidates_view`)."""
+  (`k_pre` as in `candidates_view`); one new token replaces the slot it evicts."""
   view = candidates_view(cands, policy, t_end_B, layer, capacity, k_pre)
+  if cands.pos.shape[-1] == capacity + 1:
+    return replace_worst(cands, policy.score(view), capacity)
   return keep_best(cands, policy.score(view), capacity)
