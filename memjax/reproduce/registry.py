@@ -115,6 +115,8 @@ def _adaptive_budgets(out: pathlib.Path, small: bool) -> list[Step]:
   args = [f"output_dir={out}"]
   if small:
     args += ["policies=[h2o,keydiff]", "gates=null", *SMALL_EVAL, "perplexity=false"]
+  else:  # its uniform rows are trimkv_eval's (same row fingerprint)
+    args += ["--reuse", str(RESULTS / "trimkv_eval.rows.jsonl")]
   return [_script_step("experiments/adaptive_budgets.py", args)]
 
 
