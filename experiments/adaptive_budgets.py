@@ -44,7 +44,7 @@ def slot_spread(cfg) -> dict[str, np.ndarray]:
     budget = round(cfg.budgets[0] * length)
     budgets = generate.resolve_budgets(lm.cfg, policy, budget, len(ids))
     cache = kv_cache.init_cache(budgets, 1, lm.cfg.n_kv_heads, lm.cfg.head_dim)
-    cache = allocation.pooled(cache, [True] * lm.cfg.n_layers)
+    cache = allocation.arrange(cache, "heads", policy, lm.cfg.layer_plan())
     fn = step.jitted_chunk_step(lm.cfg, policy, "last_logits", cfg.head_floor)
     for tokens, valid in generate.chunks([ids], cfg.prefill_chunk):
       _, cache = fn(lm.params, cache, tokens, valid)

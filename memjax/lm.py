@@ -149,9 +149,7 @@ class LanguageModel:
     def build():
       cache = kv_cache.init_cache(per_layer, batch, self.cfg.n_kv_heads, self.cfg.head_dim,
                                   self.cfg.jnp_dtype)
-      if allocation_lib.check_allocation(allocation) == "heads" and policy.evicts:
-        cache = allocation_lib.pooled(cache, [s.window is None for s in self.cfg.layer_plan()])
-      return cache
+      return allocation_lib.arrange(cache, allocation, policy, self.cfg.layer_plan())
 
     return kv_cache.cache_bytes(jax.eval_shape(build))
 

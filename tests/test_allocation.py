@@ -100,9 +100,9 @@ def test_pooled_cache_equals_a_forward_masked_by_what_each_head_kept():
   cfg, params = tiny_model()
   policy, budget, t_len = get_policy("h2o"), 4, 20
   tokens = np.random.default_rng(5).integers(0, cfg.vocab_size, (1, t_len)).astype(np.int32)
-  plan = [spec.window is None for spec in cfg.layer_plan()]
-  cache = allocation.pooled(kv_cache.init_cache([budget] * cfg.n_layers, 1, cfg.n_kv_heads,
-                                                cfg.head_dim), plan)
+  cache = allocation.arrange(kv_cache.init_cache([budget] * cfg.n_layers, 1, cfg.n_kv_heads,
+                                                 cfg.head_dim), "heads", policy,
+                             cfg.layer_plan())
   fn = step.jitted_chunk_step(cfg, policy, "target_logprobs", 0.25)
   masks = np.zeros((cfg.n_layers, 1, cfg.n_kv_heads, t_len, t_len), bool)
   got = []
@@ -147,7 +147,7 @@ def test_bad_allocations_are_clear_errors():
 def test_the_pool_costs_the_uniform_caches_bytes_plus_head_ids():
   cfg, _ = tiny_model()
   uniform = kv_cache.init_cache([16] * cfg.n_layers, 2, cfg.n_kv_heads, cfg.head_dim)
-  pooled = allocation.pooled(uniform, [True] * cfg.n_layers)
+  pooled = allocation.arrange(uniform, "heads", get_policy("h2o"), cfg.layer_plan())
   ids = cfg.n_layers * 2 * cfg.n_kv_heads * 16 * 4
   assert kv_cache.cache_bytes(pooled) == kv_cache.cache_bytes(uniform) + ids
   assert kv_cache.cache_bytes(jax.eval_shape(lambda: uniform)) == kv_cache.cache_bytes(uniform)

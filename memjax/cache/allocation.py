@@ -25,24 +25,33 @@ and the candidates of a layer are Hkv x (Hkv x S + C) entries while a chunk is i
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from memjax.cache.kv_cache import EMPTY, LayerCache, ModelCache
 
+if TYPE_CHECKING:
+  from memjax.cache.policies import Policy
+  from memjax.models.config import LayerSpec
+
 Allocation = Literal["uniform", "heads"]
 ALLOCATIONS = ("uniform", "heads")
 DEFAULT_HEAD_FLOOR = 0.2
 
 
-def floor_slots(capacity: int, fraction: float) -> int:
-  """Slots every head keeps at least: `fraction` of its uniform share S, rounded down."""
+def check_head_floor(fraction: float) -> float:
+  """`fraction` if it is a valid head floor (in [0, 1]), else a clear error."""
   if not 0.0 <= fraction <= 1.0:
     raise ValueError(f"head_floor must be a fraction in [0, 1] of the per-head budget, got "
                      f"{fraction!r}")
-  return math.floor(fraction * capacity)
+  return fraction
+
+
+def floor_slots(capacity: int, fraction: float) -> int:
+  """Slots every head keeps at least: `fraction` of its uniform share S, rounded down."""
+  return math.floor(check_head_floor(fraction) * capacity)
 
 
 def check_allocation(allocation: str) -> Allocation:
@@ -53,15 +62,21 @@ def check_allocation(allocation: str) -> Allocation:
   return allocation
 
 
-def pooled(cache: ModelCache, pool_layers: Sequence[bool]) -> ModelCache:
-  """`cache` (empty) with the layers where `pool_layers[l]` turned into head-shared pools."""
+def arrange(cache: ModelCache, allocation: str, policy: "Policy",
+            plan: Sequence["LayerSpec"]) -> ModelCache:
+  """`cache` (empty) laid out for `allocation`: as it is for "uniform" or for a policy that
+  never evicts; for "heads", every global layer of `plan` (the model's `layer_plan()`) a
+  head-shared pool (a sliding-window ring stays per head)."""
+  if check_allocation(allocation) == "uniform" or not policy.evicts:
+    return cache
+
   def pool(layer: LayerCache) -> LayerCache:
     b, h, s = layer.pos.shape
     return layer._replace(head=jnp.broadcast_to(jnp.arange(h, dtype=jnp.int32)[:, None],
                                                 (b, h, s)))
 
-  return cache._replace(layers=tuple(pool(layer) if p else layer
-                                     for layer, p in zip(cache.layers, pool_layers)))
+  return cache._replace(layers=tuple(layer if spec.window is not None else pool(layer)
+                                     for layer, spec in zip(cache.layers, plan)))
 
 
 def pool_rows(cache: LayerCache) -> LayerCache:

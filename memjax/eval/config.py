@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from memjax.cache import allocation as allocation_lib
 from memjax.eval.report import protocol_label
 from memjax.eval.tasks import TASKS, unknown_task_message
 from memjax.sharding.config import MeshConfig
@@ -68,7 +69,7 @@ class EvalConfig:
   gates: str | None = None
   budgets: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.25, 0.125])
   budget_schedule: Literal["uniform", "pyramid"] = "uniform"
-  allocation: Literal["uniform", "heads"] = "uniform"
+  allocation: allocation_lib.Allocation = "uniform"
   head_floor: float = 0.2
   tasks: list[str] = dataclasses.field(default_factory=lambda: ["single"])
   context_tokens: list[int] = dataclasses.field(default_factory=lambda: [1000])
@@ -116,10 +117,8 @@ class EvalConfig:
     for field in ("n_cases", "batch_size", "prefill_chunk", "ppl_windows", "ppl_chunk"):
       if getattr(self, field) < 1:
         raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
-    if self.allocation not in ("uniform", "heads"):
-      raise ValueError(f"allocation must be 'uniform' or 'heads', got {self.allocation!r}")
-    if not 0.0 <= self.head_floor <= 1.0:
-      raise ValueError(f"head_floor must be a fraction in [0, 1], got {self.head_floor!r}")
+    allocation_lib.check_allocation(self.allocation)
+    allocation_lib.check_head_floor(self.head_floor)
     if self.ppl_window_tokens < 2:
       raise ValueError(f"ppl_window_tokens must be >= 2, got {self.ppl_window_tokens}")
 

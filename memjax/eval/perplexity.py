@@ -11,7 +11,7 @@ from memjax.cache import allocation as allocation_lib
 from memjax.cache import kv_cache
 from memjax.cache.kv_cache import ModelCache
 from memjax.cache.policies import Policy
-from memjax.generation import generate, step
+from memjax.generation import generate
 from memjax.models.config import ModelConfig
 from memjax.sharding.inference import placed_chunk_step
 from memjax.sharding.rules import Rules
@@ -34,15 +34,11 @@ def budgeted_logprobs(params, cfg: ModelConfig, tokens_BxT: np.ndarray, policy: 
     float32 log-probabilities [B, T-1] and the final cache.
   """
   b, t = tokens_BxT.shape
-  cache = kv_cache.init_cache(budgets, b, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype)
-  if allocation_lib.check_allocation(allocation) == "heads" and policy.evicts:
-    if mesh is not None:
-      raise ValueError("allocation='heads' runs on one device: leave mesh unset")
-    cache = allocation_lib.pooled(cache, [s.window is None for s in cfg.layer_plan()])
-    fn = step.jitted_chunk_step(cfg, policy, "target_logprobs", head_floor)
-  else:
-    fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "target_logprobs", mesh,
-                                         rules)
+  cache = allocation_lib.arrange(
+      kv_cache.init_cache(budgets, b, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype), allocation,
+      policy, cfg.layer_plan())
+  fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "target_logprobs", mesh,
+                                       rules, head_floor)
   targets_BxT = np.concatenate([tokens_BxT[:, 1:], np.zeros((b, 1), np.int32)], axis=1)
   pieces = []
   for (tokens, valid), (targets, _) in zip(generate.chunks(tokens_BxT.tolist(), chunk),

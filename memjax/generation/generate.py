@@ -220,7 +220,7 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
   if pooled and (compress_once or mesh is not None):
     raise ValueError(f"allocation='heads' evicts at every chunk on one device: leave mesh "
                      f"unset and compress_once off (policy {policy.name!r})")
-  allocation_lib.floor_slots(1, head_floor)  # a clear error for a bad fraction
+  head_floor = allocation_lib.check_head_floor(head_floor)
   if policy.compresses_once and encode is None:
     raise ValueError(f"policy {policy.name!r} writes its own reconstruction prompt: pass "
                      "encode=tokenizer.encode")
@@ -240,13 +240,11 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
     # the compressed prompt is kept as it is: what follows is appended, nothing scored
     chunk_fn = step.jitted_chunk_step(cfg, get_policy("full"), "last_logits")
   else:
-    cache = kv_cache.init_cache(per_layer, batch, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype)
-    if pooled:
-      cache = allocation_lib.pooled(cache, [s.window is None for s in cfg.layer_plan()])
-      chunk_fn = step.jitted_chunk_step(cfg, policy, "last_logits", head_floor)
-    else:
-      chunk_fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "last_logits",
-                                                  mesh, rules)
+    cache = allocation_lib.arrange(
+        kv_cache.init_cache(per_layer, batch, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype),
+        allocation, policy, cfg.layer_plan())
+    chunk_fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "last_logits",
+                                                mesh, rules, head_floor)
     logits, cache = _first_logits(chunk_fn, params, cache, prompts, prefill_chunk,
                                   marks if policy.uses_marks else None, progress)
   if questions is not None and longest_question:

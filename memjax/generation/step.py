@@ -111,7 +111,7 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
                                                                                tail)
       tail = kv_cache.append_in_order(tail, *fresh, kv_cache.filled(tail))
       out = attend(q, (cache, tail), positions_BxC, with_slot_mass=False,
-                   soft_cap=spec.attn_soft_cap, filled_first=True)[0]
+                   soft_cap=spec.attn_soft_cap, first_filled=kv_cache.filled(cache))[0]
       return out, (cache, layer, tail)
     fresh_stats_BxHkvxC = None
     if policy.uses_retention_gate:

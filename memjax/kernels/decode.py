@@ -24,7 +24,8 @@ def decode_attention(q: jax.Array, cache, *, positions: jax.Array | None = None,
                      backend: Backend = "auto", interpret: bool = False,
                      block_s: int | None = None, with_slot_mass: bool = True,
                      soft_cap: float | None = None,
-                     filled_first: bool = False) -> tuple[jax.Array, jax.Array | None]:
+                     first_filled: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array | None]:
   """Grouped-query attention of C queries over the S slots of one layer's cache.
 
   Args:
@@ -41,8 +42,8 @@ def decode_attention(q: jax.Array, cache, *, positions: jax.Array | None = None,
     with_slot_mass: False skips the per-slot mass (the kernel then neither writes nor
       combines per-slot numerators: a policy that does not read attention saves that traffic).
     soft_cap: optional logit cap c · tanh(s / c) (Gemma 2); the XLA path only.
-    filled_first: the first block is an in-order cache (each row's tokens in its first
-      slots): for a chunk of queries (C > 1, prefill) the XLA path then reads only its
+    first_filled: int32 [B], when the first block is an in-order cache (each row's tokens in
+      its first `first_filled[b]` slots): for a chunk of queries (C > 1, prefill) the XLA path then reads only its
       occupied slots, block by block (`attention.blockwise.attend_filled`: 2.9x faster for
       a 512-token chunk over 1k cached tokens in a 4k buffer, SmolLM2-135M on 2 CPU cores).
       One query (decode) keeps the single softmax over the whole buffer: the loop made a
@@ -59,10 +60,9 @@ def decode_attention(q: jax.Array, cache, *, positions: jax.Array | None = None,
   blocks = [cache] if hasattr(cache, "pos") else list(cache)
   query_pos_BxC = (jnp.full(q.shape[:2], jnp.iinfo(jnp.int32).max, jnp.int32)
                    if positions is None else positions.astype(jnp.int32))
-  if impl == "xla" and filled_first and not with_slot_mass and q.shape[1] > 1:
+  if impl == "xla" and first_filled is not None and not with_slot_mass and q.shape[1] > 1:
     first, rest = blocks[0], blocks[1:]
-    filled_B = jnp.sum(first.pos[:, 0] >= 0, axis=-1, dtype=jnp.int32)
-    return blockwise.attend_filled(q, first.k, first.v, first.pos, filled_B,
+    return blockwise.attend_filled(q, first.k, first.v, first.pos, first_filled,
                                    [(b.k, b.v, b.pos) for b in rest], query_pos_BxC,
                                    soft_cap=soft_cap), None
   if impl == "xla":

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 from jax.sharding import Mesh
 
+from memjax.cache import allocation
 from memjax.cache.kv_cache import ModelCache
 from memjax.cache.policies import Policy
 from memjax.generation import step
@@ -47,12 +48,19 @@ def sharded_chunk_step(cfg: ModelConfig, policy: Policy, params: Any, cache: Mod
 
 def placed_chunk_step(cfg: ModelConfig, policy: Policy, params: Any, cache: ModelCache,
                       output: step.Output, mesh: Mesh | None = None,
-                      rules: Rules | None = None) -> tuple[Any, Any, ModelCache]:
+                      rules: Rules | None = None,
+                      head_floor: float | None = None) -> tuple[Any, Any, ModelCache]:
   """(chunk step, params, cache) ready to run: one device's `step.jitted_chunk_step`
   without a mesh; on `mesh` (rules default DEFAULT_RULES) `sharded_chunk_step`, with params
   and cache placed on their shardings. The params come back in the `llama.per_layer`
-  inference layout."""
+  inference layout. A cache whose heads share pools (`memjax.cache.allocation`) runs on one
+  device, with `head_floor` (default the allocation's) compiled into its step."""
   params = llama.per_layer(params)
+  if any(layer.head is not None for layer in cache.layers):
+    if mesh is not None:
+      raise ValueError("allocation='heads' runs on one device: leave mesh unset")
+    floor = allocation.DEFAULT_HEAD_FLOOR if head_floor is None else head_floor
+    return step.jitted_chunk_step(cfg, policy, output, floor), params, cache
   if mesh is None:
     return step.jitted_chunk_step(cfg, policy, output), params, cache
   sharded = sharded_chunk_step(cfg, policy, params, cache, mesh, rules or DEFAULT_RULES, output)
