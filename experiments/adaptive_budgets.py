@@ -1,11 +1,12 @@
-"""Uniform vs per-head allocation of each layer's KV slots (AdaKV-style pools).
+"""Uniform vs per-head (AdaKV-style) vs cross-layer allocation of the KV slots.
 
     python experiments/adaptive_budgets.py [key=value ...] [--config YAML] [--reuse ROWS.jsonl]
 
-Evaluates the config (default configs/adaptive_budgets.yaml) with allocation=uniform and with
-allocation=heads (`memjax.eval.ablate`; rows resumable in OUTPUT_DIR/NAME.rows.jsonl), then
-prefills one case per policy at the first budget with a head-shared pool and plots how many
-slots every (layer, KV head) ended up with: NAME_slots.png.
+Evaluates the config (default configs/adaptive_budgets.yaml) with allocation=uniform, heads
+and layers (`memjax.eval.ablate`; rows resumable in OUTPUT_DIR/NAME.rows.jsonl), then
+prefills one case per policy at the first budget with each kind of pool and plots how many
+slots every (layer, KV head) ended up with: NAME_slots.png (heads) and NAME_layer_slots.png
+(layers).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from memjax.eval import ablate
 
 CONFIG = "configs/adaptive_budgets.yaml"
-ALLOCATIONS = ("uniform", "heads")
+ALLOCATIONS = ("uniform", "heads", "layers")
 
 
 def configs(argv):
@@ -26,8 +27,9 @@ def configs(argv):
 
 
 def slot_spread(cfg) -> dict[str, np.ndarray]:
-  """Policy -> slots per (layer, KV head) [L, Hkv] after prefilling the first case's context
-  at cfg's first budget with allocation=heads (the mean over nothing else: one row)."""
+  """Policy -> slots holding each (layer, KV head)'s tokens [L, Hkv], as a multiple of the
+  uniform share, after prefilling the first case's context at cfg's first budget with
+  cfg's allocation (the mean over nothing else: one row)."""
   import memjax
   from memjax.cache import allocation, kv_cache
   from memjax.cache.policies import get_policy
@@ -44,11 +46,13 @@ def slot_spread(cfg) -> dict[str, np.ndarray]:
     budget = round(cfg.budgets[0] * length)
     budgets = generate.resolve_budgets(lm.cfg, policy, budget, len(ids))
     cache = kv_cache.init_cache(budgets, 1, lm.cfg.n_kv_heads, lm.cfg.head_dim)
-    cache = allocation.arrange(cache, "heads", policy, lm.cfg.layer_plan())
-    fn = step.jitted_chunk_step(lm.cfg, policy, "last_logits", cfg.head_floor)
+    cache = allocation.arrange(cache, cfg.pooling, policy, lm.cfg.layer_plan())
+    fn = step.jitted_chunk_step(lm.cfg, policy, "last_logits", cfg.pooling)
     for tokens, valid in generate.chunks([ids], cfg.prefill_chunk):
       _, cache = fn(lm.params, cache, tokens, valid)
-    spread[name] = np.asarray(allocation.slots_per_head(cache))[:, 0] / budget
+    count = (allocation.slots_per_head if cfg.allocation == "heads"
+             else allocation.slots_per_layer)
+    spread[name] = np.asarray(count(cache))[:, 0] / budget
   return spread
 
 
@@ -71,24 +75,33 @@ def plot_spread(spread: dict[str, np.ndarray], path: pathlib.Path, title: str) -
 
 def main(argv: list[str] | None = None) -> int:
   paths = ablate.run_ablation("allocation", ALLOCATIONS, argv, CONFIG, __doc__.split("\n")[0])
-  cfg = configs(argv)["heads"]
-  spread = slot_spread(cfg)
-  out = pathlib.Path(cfg.output_dir) / f"{cfg.name}_slots.png"
-  plot_spread(spread, out, f"allocation=heads: slots per (layer, KV head) after a "
-                           f"{cfg.context_tokens[0]}-token prefill at {cfg.budgets[0]:.0%} kept")
-  lines = ["", "## How the pool is spread", "",
-           f"After prefilling one {cfg.context_tokens[0]}-token case at {cfg.budgets[0]:.0%} "
-           f"kept with allocation=heads (head floor {cfg.head_floor}): slots held by the "
-           "fullest and the emptiest KV head of each layer, as a multiple of the uniform "
-           f"share, over the {len(next(iter(spread.values())))} layers ([plot]({out.name})).",
-           "", "| policy | mean max share | mean min share | layers with a head over 1.5x |",
-           "|:---|---:|---:|---:|"]
-  for name, share in spread.items():
-    lines.append(f"| {name} | {share.max(1).mean():.2f} | {share.min(1).mean():.2f} | "
-                 f"{int((share.max(1) > 1.5).sum())} |")
+  heads, layers = configs(argv)["heads"], configs(argv)["layers"]
+  by_head, by_layer = slot_spread(heads), slot_spread(layers)
+  prefill = (f"a {heads.context_tokens[0]}-token prefill at {heads.budgets[0]:.0%} kept")
+  out_heads = pathlib.Path(heads.output_dir) / f"{heads.name}_slots.png"
+  out_layers = pathlib.Path(heads.output_dir) / f"{heads.name}_layer_slots.png"
+  plot_spread(by_head, out_heads, f"allocation=heads: slots per (layer, KV head) after {prefill}")
+  plot_spread(by_layer, out_layers, f"allocation=layers: slots holding each (layer, KV head)'s "
+                                    f"tokens after {prefill}")
+  n_layers = len(next(iter(by_head.values())))
+  lines = ["", "## How the pools are spread", "",
+           f"After prefilling one case with {prefill} (floor {heads.floor}): with "
+           "allocation=heads, the slots held by the fullest and the emptiest KV head of each "
+           f"layer, as a multiple of the uniform share, averaged over the {n_layers} layers "
+           f"([plot]({out_heads.name})); with allocation=layers (one pool of all layers per KV "
+           "head), the share of the fullest and the emptiest layer, averaged over the KV "
+           f"heads ([plot]({out_layers.name})).", "",
+           "| policy | heads: mean max share | heads: mean min share | layers with a head over "
+           "1.5x | layers: max share | layers: min share | layers over 1.5x |",
+           "|:---|---:|---:|---:|---:|---:|---:|"]
+  for name in by_head:
+    h, l = by_head[name], by_layer[name]
+    lines.append(f"| {name} | {h.max(1).mean():.2f} | {h.min(1).mean():.2f} | "
+                 f"{int((h.max(1) > 1.5).sum())} | {l.max(0).mean():.2f} | "
+                 f"{l.min(0).mean():.2f} | {int((l.mean(1) > 1.5).sum())} |")
   with paths["markdown"].open("a", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
-  print("\n".join(lines), f"\nwrote plot: {out}")
+  print("\n".join(lines), f"\nwrote plots: {out_heads}, {out_layers}")
   return 0
 
 

@@ -66,7 +66,8 @@ class LanguageModel:
                question: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]] | None = None,
                budget_schedule: budgets_lib.Schedule = "uniform", seed: int = 0,
                stop_at_eos: bool = True, progress: bool = False, stream: bool = False,
-               allocation: str = "uniform", head_floor: float = 0.2):
+               allocation: str = "uniform", floor: float = 0.2,
+               layer_group: int | None = None):
     """Continue `prompt` with at most `budget` KV slots per layer.
 
     Args:
@@ -84,9 +85,10 @@ class LanguageModel:
       question: appended after the prompt has been compressed (query-agnostic protocol);
         to let the question shape the compression instead (query-aware), put it in `prompt`.
       budget_schedule: "uniform" or "pyramid" per-layer budgets.
-      allocation: "uniform" (each KV head keeps its own `budget` slots) or "heads" (a
-        layer's slots are one pool its KV heads share, each keeping at least `head_floor`
-        of its share; `memjax.cache.allocation`).
+      allocation: "uniform" (each KV head keeps its own `budget` slots), "heads" (a
+        layer's slots are one pool its KV heads share) or "layers" (groups of
+        `layer_group` global layers, None: all, share one pool per KV head); each member
+        of a pool keeps at least `floor` of its share (`memjax.cache.allocation`).
 
     Returns:
       Text when given text, token ids when given ids; a list of those for a batch.
@@ -105,7 +107,7 @@ class LanguageModel:
         budget_schedule=budget_schedule, questions=questions, max_new_tokens=max_new_tokens,
         prefill_chunk=prefill_chunk, temperature=temperature, top_k=top_k, top_p=top_p,
         seed=seed, eos_id=eos, progress=progress, stream=stream, encode=self.tokenizer.encode,
-        allocation=allocation, head_floor=head_floor)
+        allocation=allocation, floor=floor, layer_group=layer_group)
     if stream:
       return self._stream(new_ids, as_text, batched)
     outs = [self.tokenizer.decode(ids) for ids in new_ids] if as_text else new_ids
@@ -138,7 +140,8 @@ class LanguageModel:
                   budget_schedule: budgets_lib.Schedule = "uniform") -> int:
     """Bytes of the KV cache that `generate` allocates for `batch` rows of `tokens` tokens
     (prompt + question + new) under `policy` and `budget`: keys, values, positions, policy
-    statistics and, for allocation="heads", one head id per slot. Nothing is allocated."""
+    statistics and, for allocation="heads" or "layers", one head or owner id per slot.
+    Nothing is allocated."""
     from memjax.cache import allocation as allocation_lib
     from memjax.cache import kv_cache
     from memjax.cache.policies import get_policy
@@ -149,7 +152,8 @@ class LanguageModel:
     def build():
       cache = kv_cache.init_cache(per_layer, batch, self.cfg.n_kv_heads, self.cfg.head_dim,
                                   self.cfg.jnp_dtype)
-      return allocation_lib.arrange(cache, allocation, policy, self.cfg.layer_plan())
+      return allocation_lib.arrange(cache, allocation_lib.Pooling(allocation), policy,
+                                    self.cfg.layer_plan())
 
     return kv_cache.cache_bytes(jax.eval_shape(build))
 

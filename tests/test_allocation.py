@@ -82,7 +82,7 @@ def test_a_full_floor_reproduces_the_uniform_cache_token_for_token(policy):
   prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in (37, 22)]
   kw = dict(policy=policy, budget=10, max_new_tokens=8, prefill_chunk=8)
   uniform = generate_ids(params, cfg, prompts, **kw)
-  assert generate_ids(params, cfg, prompts, allocation="heads", head_floor=1.0, **kw) == uniform
+  assert generate_ids(params, cfg, prompts, allocation="heads", floor=1.0, **kw) == uniform
 
 
 def test_heads_with_room_for_everything_generate_like_full():
@@ -101,9 +101,9 @@ def test_pooled_cache_equals_a_forward_masked_by_what_each_head_kept():
   policy, budget, t_len = get_policy("h2o"), 4, 20
   tokens = np.random.default_rng(5).integers(0, cfg.vocab_size, (1, t_len)).astype(np.int32)
   cache = allocation.arrange(kv_cache.init_cache([budget] * cfg.n_layers, 1, cfg.n_kv_heads,
-                                                 cfg.head_dim), "heads", policy,
+                                                 cfg.head_dim), allocation.Pooling("heads"), policy,
                              cfg.layer_plan())
-  fn = step.jitted_chunk_step(cfg, policy, "target_logprobs", 0.25)
+  fn = step.jitted_chunk_step(cfg, policy, "target_logprobs", allocation.Pooling("heads", 0.25))
   masks = np.zeros((cfg.n_layers, 1, cfg.n_kv_heads, t_len, t_len), bool)
   got = []
   for t in range(t_len - 1):
@@ -135,10 +135,10 @@ def test_pooled_cache_equals_a_forward_masked_by_what_each_head_kept():
 def test_bad_allocations_are_clear_errors():
   cfg, params = tiny_model()
   with pytest.raises(ValueError, match="unknown allocation"):
-    generate_ids(params, cfg, [[1, 2, 3]], policy="h2o", budget=8, allocation="layer")
-  with pytest.raises(ValueError, match="head_floor"):
+    generate_ids(params, cfg, [[1, 2, 3]], policy="h2o", budget=8, allocation="layerz")
+  with pytest.raises(ValueError, match="floor must"):
     generate_ids(params, cfg, [[1, 2, 3]], policy="h2o", budget=8, allocation="heads",
-                 head_floor=1.5)
+                 floor=1.5)
   with pytest.raises(ValueError, match="one device"):
     generate_ids(params, cfg, [[1, 2, 3]], policy="h2o", budget=8, allocation="heads",
                  compress_once=True)
@@ -147,7 +147,7 @@ def test_bad_allocations_are_clear_errors():
 def test_the_pool_costs_the_uniform_caches_bytes_plus_head_ids():
   cfg, _ = tiny_model()
   uniform = kv_cache.init_cache([16] * cfg.n_layers, 2, cfg.n_kv_heads, cfg.head_dim)
-  pooled = allocation.arrange(uniform, "heads", get_policy("h2o"), cfg.layer_plan())
+  pooled = allocation.arrange(uniform, allocation.Pooling("heads"), get_policy("h2o"), cfg.layer_plan())
   ids = cfg.n_layers * 2 * cfg.n_kv_heads * 16 * 4
   assert kv_cache.cache_bytes(pooled) == kv_cache.cache_bytes(uniform) + ids
   assert kv_cache.cache_bytes(jax.eval_shape(lambda: uniform)) == kv_cache.cache_bytes(uniform)
@@ -162,3 +162,154 @@ def test_language_model_reports_cache_bytes_by_configuration():
   assert lm.cache_bytes("full", tokens=100) == 256 * slot  # rounded up to 256 slots
   heads = lm.cache_bytes("h2o", budget=16, tokens=100, allocation="heads")
   assert heads == 16 * slot + 16 * cfg.n_layers * cfg.n_kv_heads * 4
+  assert lm.cache_bytes("h2o", budget=16, tokens=100, allocation="layers") == heads
+
+
+# ---- cross-layer pools (allocation="layers") ----
+
+def _numpy_layer_pool(pos, scores, shares, floor):
+  """The kept (layer, position) pairs of one (row, KV head) of a cross-layer pool, chosen
+  plainly: each layer's valid candidates ranked by score (ties in index order), at most its
+  ceiling eligible, its floor forced, the rest of the pool by score."""
+  floors = [int(np.floor(floor * s)) for s in shares]
+  ceilings = [min(allocation.CEILING * s, sum(shares) - (sum(floors) - f))
+              for s, f in zip(shares, floors)]
+  eligible, forced = [], set()
+  for m, (p, s) in enumerate(zip(pos, scores)):
+    ranked = sorted((i for i in range(len(p)) if p[i] >= 0), key=lambda i: -s[i])
+    eligible += [(m, int(p[i]), float(s[i])) for i in ranked[:ceilings[m]]]
+    forced |= {(m, int(p[i])) for i in ranked[:floors[m]]}
+  rest = sorted((e for e in eligible if (e[0], e[1]) not in forced), key=lambda e: -e[2])
+  return forced | {(e[0], e[1]) for e in rest[:sum(shares) - len(forced)]}
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_layer_pool_keeps_the_top_scores_under_floor_and_ceiling(floor, seed):
+  rng = np.random.default_rng(seed)
+  b, h, shares, members = 2, 2, [2, 4, 2], [0, 2, 3]
+  cands, scores, pos_all = [], [], []
+  for m, share in enumerate(shares):
+    n = share * 5 + 3  # more candidates than any ceiling
+    pos = np.where(rng.random((b, h, n)) < 0.8, rng.permutation(b * h * n).reshape(b, h, n), -1)
+    if m == 0:
+      pos[0, 1, :] = -1  # a layer with nothing to keep in one head
+    s = rng.normal(size=(b, h, n)).astype(np.float32)
+    if m == 1:
+      s += 3.0  # a layer that would take the whole pool without its neighbours' floors
+    k = rng.normal(size=(b, h, n, 4)).astype(np.float32)
+    cands.append(kv_cache.LayerCache(k=jnp.asarray(k), v=jnp.asarray(k - 1),
+                                     pos=jnp.asarray(pos, jnp.int32), stats=jnp.asarray(s)))
+    scores.append(jnp.asarray(s))
+    pos_all.append(pos)
+  kept = allocation.keep_best_layers(cands, scores, members, shares, floor)
+  assert [layer.pos.shape for layer in kept] == [(b, h, s) for s in shares]
+  for row in range(b):
+    for head in range(h):
+      got = set()
+      for layer in kept:
+        for p, owner, k, stat in zip(np.asarray(layer.pos[row, head]),
+                                     np.asarray(layer.owner[row, head]),
+                                     np.asarray(layer.k[row, head]),
+                                     np.asarray(layer.stats[row, head])):
+          if p < 0:
+            continue
+          m = members.index(int(owner))
+          got.add((m, int(p)))
+          j = int(np.flatnonzero(pos_all[m][row, head] == p)[0])
+          np.testing.assert_array_equal(k, np.asarray(cands[m].k[row, head, j]))
+          assert stat == np.asarray(scores[m][row, head, j])
+      want = _numpy_layer_pool([p[row, head] for p in pos_all],
+                               [np.asarray(s[row, head]) for s in scores], shares, floor)
+      assert got == want
+      assert len(got) <= sum(shares)
+
+
+@pytest.mark.parametrize("policy", ["h2o", "tova", "keydiff", "knorm"])
+def test_a_full_layer_floor_reproduces_the_uniform_cache_token_for_token(policy):
+  cfg, params = tiny_model()
+  rng = np.random.default_rng(6)
+  prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in (37, 22)]
+  kw = dict(policy=policy, budget=10, max_new_tokens=8, prefill_chunk=8)
+  uniform = generate_ids(params, cfg, prompts, **kw)
+  assert generate_ids(params, cfg, prompts, allocation="layers", floor=1.0, **kw) == uniform
+
+
+def test_layers_with_room_for_everything_generate_like_full():
+  cfg, params = tiny_model()
+  prompt = [np.random.default_rng(7).integers(0, cfg.vocab_size, 20).tolist()]
+  full = generate_ids(params, cfg, prompt, max_new_tokens=6)
+  assert generate_ids(params, cfg, prompt, policy="h2o", budget=26, allocation="layers",
+                      max_new_tokens=6, prefill_chunk=8, layer_group=1) == full
+
+
+@pytest.mark.parametrize("layer_group", [None, 2])
+def test_layer_pool_equals_a_forward_masked_by_what_each_layer_kept(layer_group):
+  """Token by token, query t of layer l and KV head h sees exactly the slots of its pool that
+  hold layer l's tokens for head h after step t-1, plus itself: the log-probabilities of the
+  pooled run equal a full forward under that per-layer, per-head mask, and the layers really
+  end up with different shares, within their floors and ceilings."""
+  cfg, params = tiny_model(n_layers=4)
+  policy, budget, t_len, floor = get_policy("h2o"), 3, 24, 0.34
+  pooling = allocation.Pooling("layers", floor, layer_group)
+  tokens = np.random.default_rng(8).integers(0, cfg.vocab_size, (1, t_len)).astype(np.int32)
+  cache = allocation.arrange(kv_cache.init_cache([budget] * cfg.n_layers, 1, cfg.n_kv_heads,
+                                                 cfg.head_dim), pooling, policy,
+                             cfg.layer_plan())
+  fn = step.jitted_chunk_step(cfg, policy, "target_logprobs", pooling)
+  masks = np.zeros((cfg.n_layers, 1, cfg.n_kv_heads, t_len, t_len), bool)
+  got = []
+  for t in range(t_len - 1):
+    for layer in cache.layers:
+      for hd in range(cfg.n_kv_heads):
+        for p, owner in zip(np.asarray(layer.pos[0, hd]), np.asarray(layer.owner[0, hd])):
+          if p >= 0:
+            masks[owner, 0, hd, t, p] = True
+    masks[:, :, :, t, t] = True
+    logp, cache = fn(params, cache, tokens[:, t:t + 1], np.ones((1, 1), bool),
+                     tokens[:, t + 1:t + 2])
+    got.append(float(logp[0, 0]))
+  counts = np.asarray(allocation.slots_per_layer(cache))[:, 0]  # [L, Hkv]
+  groups = pooling.groups(cfg.layer_plan())
+  for group in groups:
+    assert (counts[list(group)].sum(0) <= budget * len(group)).all()
+  most = min(allocation.CEILING * budget, budget * len(groups[0]) - (len(groups[0]) - 1))
+  assert (counts >= 1).all() and (counts <= most).all()
+  assert (counts != budget).any()  # the layers really did take different shares
+
+  def mix(spec, p, h, q, k, v, positions, mask):
+    out, _ = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
+    return out, mask
+
+  positions = jnp.arange(t_len, dtype=jnp.int32)[None]
+  x, _ = llama.run_layers(llama.per_layer(params), llama.embed(params, tokens, cfg), positions,
+                          [jnp.asarray(m) for m in masks], mix, cfg)
+  logp = jax.nn.log_softmax(llama.unembed(params, x, cfg), axis=-1)
+  want = np.take_along_axis(np.asarray(logp)[0, :-1], tokens[0, 1:, None], axis=-1)[:, 0]
+  np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_layer_groups_skip_sliding_window_layers():
+  from memjax.models.config import LayerSpec
+  plan = [LayerSpec(window=4), LayerSpec(), LayerSpec(), LayerSpec(window=4), LayerSpec(),
+          LayerSpec()]
+  assert allocation.Pooling("layers").groups(plan) == ((1, 2, 4, 5),)
+  assert allocation.Pooling("layers", layer_group=3).groups(plan) == ((1, 2, 4), (5,))
+  assert allocation.Pooling("heads").groups(plan) == ()
+  with pytest.raises(ValueError, match="layer_group must be a positive"):
+    allocation.Pooling("layers", layer_group=0).checked()
+
+
+def test_layer_pool_errors_and_bytes():
+  cfg, params = tiny_model()
+  with pytest.raises(ValueError, match="one device"):
+    generate_ids(params, cfg, [[1, 2, 3]], policy="h2o", budget=8, allocation="layers",
+                 compress_once=True)
+  with pytest.raises(ValueError, match="layer_group"):
+    generate_ids(params, cfg, [[1, 2, 3]], policy="h2o", budget=8, allocation="layers",
+                 layer_group=-1)
+  uniform = kv_cache.init_cache([16] * cfg.n_layers, 2, cfg.n_kv_heads, cfg.head_dim)
+  pooled = allocation.arrange(uniform, allocation.Pooling("layers"), get_policy("h2o"),
+                              cfg.layer_plan())
+  ids = cfg.n_layers * 2 * cfg.n_kv_heads * 16 * 4
+  assert kv_cache.cache_bytes(pooled) == kv_cache.cache_bytes(uniform) + ids

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from memjax.cache import budgets as budgets_lib
-from memjax.cache import kv_cache
+from memjax.cache import allocation, kv_cache
 from memjax.cache.policies import get_policy, heuristic_policy_names
 from memjax.generation import generate, sampling, step
 from memjax.models import llama
@@ -143,7 +143,8 @@ def test_decode_compiles_once_across_50_steps():
   cfg, params = tiny_model(vocab_size=101)  # a model no other test uses: a fresh jit cache
   policy = get_policy("h2o")
   fn = step.jitted_chunk_step(cfg, policy, "last_logits")
-  loop = generate.jitted_decode(cfg, policy, sampling.Sampler(), None, 64, 0.2)  # as generate_ids
+  loop = generate.jitted_decode(cfg, policy, sampling.Sampler(), None, 64,
+                                allocation.Pooling())  # as generate_ids
   generate.generate_ids(params, cfg, [[1, 2, 3] * 7], policy=policy, budget=16,
                         max_new_tokens=51, prefill_chunk=CHUNK)
   assert fn._cache_size() == 1 and loop._cache_size() == 1  # a prefill chunk, a decode loop

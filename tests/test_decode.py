@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from memjax.attention import reference
-from memjax.cache import kv_cache
+from memjax.cache import allocation, kv_cache
 from memjax.cache.policies import get_policy
 from memjax.generation import generate, sampling, step
 from memjax.generation.generate import generate_ids
@@ -126,7 +126,8 @@ def test_any_per_layer_budgets_compile_one_prefill_step_and_one_decode_loop():
   cfg, params = tiny_model(vocab_size=103)  # a model no other test uses: a fresh jit cache
   policy = get_policy("h2o")
   fn = step.jitted_chunk_step(cfg, policy, "last_logits")
-  loop = generate.jitted_decode(cfg, policy, sampling.Sampler(), None, generate.bucket(8), 0.2)
+  loop = generate.jitted_decode(cfg, policy, sampling.Sampler(), None, generate.bucket(8),
+                                allocation.Pooling())
   budgets = generate.resolve_budgets(cfg, policy, 24, 64, "pyramid")
   assert len(set(budgets)) == cfg.n_layers  # every layer its own shape
   generate_ids(params, cfg, [list(range(40))], policy=policy, budget=24,

@@ -6,8 +6,8 @@ chunk has attended over them the layer keeps the S best by policy score. Peak me
 layer is therefore S + C slots, whatever the context length. Kept slots are stored in
 position order with empty slots (pos = -1) last.
 
-Consecutive layers with the same budget are stacked into one `LayerCache` with a leading
-layer axis, so the model scans over them.
+Every layer has a `LayerCache` of its own (`ModelCache.layers`), so layers may hold
+different budgets in one compiled step.
 """
 
 from __future__ import annotations
@@ -31,12 +31,15 @@ class LayerCache(NamedTuple):
   head: int32 [(L,) B, Hkv, S], the KV head whose token each slot holds, in a layer whose
     heads share one pool of slots (`memjax.cache.allocation`); None when every head owns
     its row of S slots.
+  owner: int32 [(L,) B, Hkv, S], the layer whose token each slot holds, in a group of layers
+    that share one pool (`memjax.cache.allocation`); None otherwise.
   """
   k: jax.Array
   v: jax.Array
   pos: jax.Array
   stats: jax.Array
   head: jax.Array | None = None
+  owner: jax.Array | None = None
 
   @property
   def capacity(self) -> int:
@@ -80,7 +83,8 @@ class ModelCache(NamedTuple):
 
 
 def cache_bytes(cache: ModelCache) -> int:
-  """Bytes of every layer's buffers (keys, values, positions, statistics, head ids), also
+  """Bytes of every layer's buffers (keys, values, positions, statistics, head or owner
+  ids), also
   of a cache given by `jax.eval_shape`; a pending tail is not counted."""
   return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(cache.layers))
 

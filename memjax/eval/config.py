@@ -27,9 +27,11 @@ class EvalConfig:
       an .npz from `memjax export-gates`.
     budgets: KV budgets per layer: a fraction of the context if <= 1 (0.25 keeps a
       quarter of the tokens), else an absolute number of tokens (whole number).
-    allocation: "uniform" (every KV head keeps its own budget) or "heads" (a layer's slots
-      are one pool its KV heads share, `memjax.cache.allocation`), for every evicting
-      policy; head_floor: the fraction of its share each head keeps at least.
+    allocation: "uniform" (every KV head keeps its own budget), "heads" (a layer's slots
+      are one pool its KV heads share) or "layers" (the global layers' slots are one pool
+      per KV head, for groups of `layer_group` layers, None: all), for every evicting
+      policy (`memjax.cache.allocation`); floor: the fraction of its share each member of
+      a pool keeps at least.
     budget_schedule: "uniform" (same budget in every layer) or "pyramid" (shrinking
       with depth, same mean).
     tasks: task names (memjax.eval.tasks.TASKS): memjax's retrieval ("single",
@@ -70,7 +72,8 @@ class EvalConfig:
   budgets: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.25, 0.125])
   budget_schedule: Literal["uniform", "pyramid"] = "uniform"
   allocation: allocation_lib.Allocation = "uniform"
-  head_floor: float = 0.2
+  floor: float = allocation_lib.DEFAULT_FLOOR
+  layer_group: int | None = None
   tasks: list[str] = dataclasses.field(default_factory=lambda: ["single"])
   context_tokens: list[int] = dataclasses.field(default_factory=lambda: [1000])
   depths: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
@@ -117,10 +120,14 @@ class EvalConfig:
     for field in ("n_cases", "batch_size", "prefill_chunk", "ppl_windows", "ppl_chunk"):
       if getattr(self, field) < 1:
         raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
-    allocation_lib.check_allocation(self.allocation)
-    allocation_lib.check_head_floor(self.head_floor)
+    self.pooling.checked()
     if self.ppl_window_tokens < 2:
       raise ValueError(f"ppl_window_tokens must be >= 2, got {self.ppl_window_tokens}")
+
+  @property
+  def pooling(self) -> allocation_lib.Pooling:
+    """The run's slot sharing (`memjax.cache.allocation.Pooling`)."""
+    return allocation_lib.Pooling(self.allocation, self.floor, self.layer_group)
 
   @property
   def run_tasks(self) -> list[str]:

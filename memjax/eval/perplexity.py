@@ -19,26 +19,26 @@ from memjax.sharding.rules import Rules
 
 def budgeted_logprobs(params, cfg: ModelConfig, tokens_BxT: np.ndarray, policy: Policy,
                       budgets: Sequence[int], chunk: int, mesh: Mesh | None = None,
-                      rules: Rules | None = None, allocation: str = "uniform",
-                      head_floor: float = allocation_lib.DEFAULT_HEAD_FLOOR
+                      rules: Rules | None = None,
+                      pooling: allocation_lib.Pooling = allocation_lib.Pooling()
                       ) -> tuple[np.ndarray, ModelCache]:
   """log p(x_{t+1} | x_{<=t}) [B, T-1] as the model reads `tokens_BxT` chunk by chunk.
 
   Each chunk of `chunk` tokens sees the (evicted) cache of everything before it plus
   itself causally; a smaller chunk makes the budget bite sooner. With `mesh`, the cache
   and rows are split over it as in `generate_ids` (rules default
-  `memjax.sharding.DEFAULT_RULES`). `allocation`, `head_floor` as in `generate_ids` (a
-  head-shared pool runs on one device).
+  `memjax.sharding.DEFAULT_RULES`). `pooling` is the allocation of `generate_ids` (a
+  shared pool runs on one device).
 
   Returns:
     float32 log-probabilities [B, T-1] and the final cache.
   """
   b, t = tokens_BxT.shape
   cache = allocation_lib.arrange(
-      kv_cache.init_cache(budgets, b, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype), allocation,
+      kv_cache.init_cache(budgets, b, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype), pooling,
       policy, cfg.layer_plan())
   fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "target_logprobs", mesh,
-                                       rules, head_floor)
+                                       rules, pooling)
   targets_BxT = np.concatenate([tokens_BxT[:, 1:], np.zeros((b, 1), np.int32)], axis=1)
   pieces = []
   for (tokens, valid), (targets, _) in zip(generate.chunks(tokens_BxT.tolist(), chunk),

@@ -153,7 +153,8 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
                  encode: Callable[[str], list[int]] | None = None,
                  compress_once: bool = False,
                  allocation: allocation_lib.Allocation = "uniform",
-                 head_floor: float = allocation_lib.DEFAULT_HEAD_FLOOR) -> list[list[int]]:
+                 floor: float = allocation_lib.DEFAULT_FLOOR,
+                 layer_group: int | None = None) -> list[list[int]]:
   """Generate continuations for a batch of prompts under a KV budget.
 
   Args:
@@ -185,10 +186,13 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
       which also scores the prompt with its own reconstruction passes). By default (False)
       the cache holds `budget` slots throughout: eviction at every prefill chunk, at the
       question and at every new token.
-    allocation: "uniform" (every KV head keeps its own `budget` slots per layer) or
-      "heads": a layer's budget x Hkv slots are one pool its KV heads share, each head
-      keeping at least `head_floor` of its share (`memjax.cache.allocation`); the same
-      memory. One device; not with `compress_once`; a policy that never evicts ignores it.
+    allocation: "uniform" (every KV head keeps its own `budget` slots per layer);
+      "heads": a layer's budget x Hkv slots are one pool its KV heads share; "layers": the
+      global layers' slots are one pool per KV head, shared by groups of `layer_group`
+      layers (None: all of them), evicted once per chunk. Every member of a pool (a head,
+      a layer) keeps at least `floor` of its share (`memjax.cache.allocation`); the memory
+      is the uniform cache's plus one id per slot. One device; not with `compress_once`; a
+      policy that never evicts ignores it.
 
   Returns:
     B lists of generated ids (without the prompt; the EOS token is not included), or with
@@ -214,13 +218,11 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
     raise ValueError("marks need one row per prompt with one flag per prompt token")
   if marks is not None and mesh is not None:
     raise ValueError("marks (the oracle policy) run on one device; leave mesh unset")
-  allocation = allocation_lib.check_allocation(allocation)
-  pooled = allocation == "heads" and policy.evicts
+  pooling = allocation_lib.Pooling(allocation, floor, layer_group).checked()
   compress_once = (compress_once and policy.evicts) or policy.compresses_once
-  if pooled and (compress_once or mesh is not None):
-    raise ValueError(f"allocation='heads' evicts at every chunk on one device: leave mesh "
-                     f"unset and compress_once off (policy {policy.name!r})")
-  head_floor = allocation_lib.check_head_floor(head_floor)
+  if pooling.mode != "uniform" and policy.evicts and (compress_once or mesh is not None):
+    raise ValueError(f"allocation={allocation!r} evicts at every chunk on one device: leave "
+                     f"mesh unset and compress_once off (policy {policy.name!r})")
   if policy.compresses_once and encode is None:
     raise ValueError(f"policy {policy.name!r} writes its own reconstruction prompt: pass "
                      "encode=tokenizer.encode")
@@ -242,9 +244,9 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
   else:
     cache = allocation_lib.arrange(
         kv_cache.init_cache(per_layer, batch, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype),
-        allocation, policy, cfg.layer_plan())
+        pooling, policy, cfg.layer_plan())
     chunk_fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "last_logits",
-                                                mesh, rules, head_floor)
+                                                mesh, rules, pooling)
     logits, cache = _first_logits(chunk_fn, params, cache, prompts, prefill_chunk,
                                   marks if policy.uses_marks else None, progress)
   if questions is not None and longest_question:
@@ -266,7 +268,7 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
           row.append(token)
     return out
   decode = jitted_decode(cfg, get_policy("full") if compress_once else policy, sampler, eos_id,
-                         bucket(max_new_tokens), head_floor)
+                         bucket(max_new_tokens), pooling)
   tokens_BxN = np.asarray(decode(params, cache, logits, key, max_new_tokens))
   return [[int(t) for t in row if t >= 0] for row in tokens_BxN]
 
@@ -274,7 +276,7 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
 @functools.lru_cache(maxsize=32)
 def jitted_decode(cfg: ModelConfig, policy: Policy, sampler: sampling.Sampler,
                   eos_id: int | None, slots: int,
-                  head_floor: float = allocation_lib.DEFAULT_HEAD_FLOOR):
+                  pooling: allocation_lib.Pooling = allocation_lib.Pooling()):
   """Decode on the device: (params, cache, logits_BxV, key, n) -> int32 [B, slots], the n
   (<= slots) tokens of every row (-1 after a row's EOS and past n), every step inside one
   `lax.while_loop` that stops early once every row has stopped.
@@ -284,7 +286,7 @@ def jitted_decode(cfg: ModelConfig, policy: Policy, sampler: sampling.Sampler,
   """
   appends = step.appending_layers(cfg, policy)
   one_step = functools.partial(step.chunk_step, cfg=cfg, policy=policy, output="last_logits",
-                               head_floor=head_floor)
+                               pooling=pooling)
 
   def decode(params, cache, logits_BxV, key, n_steps):
     b = logits_BxV.shape[0]

@@ -13,7 +13,7 @@ under the window mask on the XLA path. The policy and its budget apply to global
 from __future__ import annotations
 
 import functools
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import einops
 import jax
@@ -78,14 +78,17 @@ def _window_attend(q, cands: LayerCache, positions_BxC, spec: LayerSpec):
 
 def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
                  attend: Attend, marks_BxC: jax.Array | None = None, *, insert: bool = True,
-                 head_floor: float = allocation.DEFAULT_HEAD_FLOOR):
+                 floor: float = allocation.DEFAULT_FLOOR):
   """A `llama.Mixer` that attends over cache ∪ chunk and then evicts down to the budget
   (or, for a policy that never evicts, appends the chunk in place and attends over that);
   a sliding-window block keeps a ring of its latest tokens instead. The block's RoPE
   recovers pre-RoPE keys and queries for the policies that read them. With `insert` False
   the chunk only attends and the policy observes: the cached slots stay, with their new
   statistics, and the chunk is dropped (a `compresses_once` scoring pass; a ring stays
-  as it is)."""
+  as it is).
+
+  A layer of a cross-layer pool comes as (its view, layer, `Share`): it evicts nothing and
+  returns (its scored candidates, layer, their scores) for `allocation.keep_best_layers`."""
 
   def mix(spec, p, h, q, k, v, positions_BxC, state):
     cache, layer, tail = state
@@ -123,11 +126,12 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
                          "generate_ids (one row of 0/1 flags per prompt token)")
       fresh_stats_BxHkvxC = jnp.broadcast_to(marks_BxC.astype(jnp.float32)[:, None, :],
                                              (k.shape[0], n_kv, k.shape[1]))
-    pooled = cache.head is not None
-    if pooled and not insert:
-      raise ValueError("a head-shared pool is not scored once after prefill: use "
+    heads_pool = cache.head is not None
+    share = tail.slots if isinstance(tail, Share) else cache.capacity
+    if (heads_pool or isinstance(tail, Share)) and not insert:
+      raise ValueError("a shared pool is not scored once after prefill: use "
                        "allocation='uniform' with a policy that compresses once")
-    cands = kv_cache.candidates_of(allocation.pool_rows(cache) if pooled else cache,
+    cands = kv_cache.candidates_of(allocation.pool_rows(cache) if heads_pool else cache,
                                    einops.rearrange(k, "b c h d -> b h c d"),
                                    einops.rearrange(v, "b c h d -> b h c d"), pos_BxHkvxC,
                                    fresh_stats_BxHkvxC)
@@ -137,13 +141,16 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
       return out, (cache._replace(stats=cands.stats[..., :cache.capacity]), layer, tail)
     k_pre = (_unrotate(cands.k, cands.pos, spec) if policy.needs_pre_rope_keys else None)
     if policy.observes_chunk:
-      view = kv_cache.candidates_view(cands, policy, t_end_B, layer, cache.capacity, k_pre)
+      view = kv_cache.candidates_view(cands, policy, t_end_B, layer, share, k_pre)
       chunk = _chunk_view(policy, q, h, positions_BxC, valid_BxC, spec)
       cands = cands._replace(stats=policy.observe_chunk(view, chunk))
-    if pooled:
-      view = kv_cache.candidates_view(cands, policy, t_end_B, layer, cache.capacity, k_pre)
-      floor = allocation.floor_slots(cache.capacity, head_floor)
-      kept = allocation.keep_best_pooled(cands, policy.score(view), cache.capacity, floor)
+    if heads_pool or isinstance(tail, Share):
+      scores = policy.score(kv_cache.candidates_view(cands, policy, t_end_B, layer, share,
+                                                     k_pre))
+      if isinstance(tail, Share):
+        return out, (cands, layer, scores)
+      kept = allocation.keep_best_pooled(cands, scores, share,
+                                         allocation.floor_slots(share, floor))
       return out, (kept, layer, tail)
     return out, (kv_cache.evict(cands, policy, t_end_B, layer, cache.capacity, k_pre), layer,
                  tail)
@@ -151,11 +158,30 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
   return mix
 
 
+class Share(NamedTuple):
+  """Marks a layer of a cross-layer pool in the mixer's state: `slots` is its uniform share
+  S_l (its buffer's size, the capacity its policy scores against)."""
+  slots: int
+
+
+def _pool_states(cache: ModelCache, groups: Sequence[Sequence[int]], floor: float,
+                 states: list) -> list:
+  """`states` with each layer of a cross-layer pool replaced by (its view of the pool,
+  layer, Share)."""
+  for group in groups:
+    shares = [cache.layers[i].capacity for i in group]
+    pool = allocation.joined([cache.layers[i] for i in group])
+    for i, most in zip(group, allocation.ceilings(shares, floor)):
+      states[i] = (allocation.member_view(pool, i, most), states[i][1],
+                   Share(cache.layers[i].capacity))
+  return states
+
+
 def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array,
                   valid_BxC: jax.Array, cfg: ModelConfig, policy: Policy, *,
                   mesh: Mesh | None = None, rules: Rules | None = None,
                   marks_BxC: jax.Array | None = None, insert: bool = True,
-                  head_floor: float = allocation.DEFAULT_HEAD_FLOOR
+                  pooling: allocation.Pooling = allocation.Pooling()
                   ) -> tuple[jax.Array, ModelCache]:
   """Run a chunk through every layer, updating the cache.
 
@@ -169,8 +195,9 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
       turns into copies of every weight (correct, several times slower).
     mesh, rules: under a `jit` sharded on `mesh` (logical axis `rules`), Pallas attention
       runs per device block of batch rows and KV heads (`memjax.sharding.kernels`).
-    head_floor: in a layer whose heads share a pool, the fraction of its uniform share
-      that every head keeps at least.
+    pooling: how the cache's pools were arranged (`allocation.arrange`): each pool
+      member's floor and, for "layers", which layers share a pool; a pool of layers evicts
+      once all of them have run the chunk.
     insert: False for a scoring pass of a `compresses_once` policy: the chunk attends at
       the positions after the cached tokens and the policy observes it, but it is not
       inserted and the clock does not move.
@@ -188,20 +215,29 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
   attend = functools.partial(mesh_kernels.decode_attention, backend=cfg.attention_impl,
                              mesh=mesh, rules=rules)
   mix = _cache_mixer(policy, valid_BxC, t_end_B, attend, marks_BxC, insert=insert,
-                     head_floor=head_floor)
+                     floor=pooling.floor)
   x = llama.embed(params, tokens_BxC, cfg)
   tails = cache.tail or (None,) * len(cache.layers)
   states = [(layer, jnp.int32(i), tail) for i, (layer, tail) in enumerate(zip(cache.layers,
                                                                                tails))]
-  x, states = llama.run_layers(llama.per_layer(params), x, positions_BxC, states, mix, cfg)
-  return x, ModelCache(tuple(layer for layer, _, _ in states), t_end_B if insert else cache.t,
-                       None if cache.tail is None else tuple(tail for _, _, tail in states))
+  groups = pooling.groups(cfg.layer_plan()) if policy.evicts else ()
+  x, states = llama.run_layers(llama.per_layer(params), x, positions_BxC,
+                               _pool_states(cache, groups, pooling.floor, states), mix, cfg)
+  layers = [layer for layer, _, _ in states]
+  for group in groups:
+    kept = allocation.keep_best_layers([layers[i] for i in group], [states[i][2] for i in group],
+                                       group, [cache.layers[i].capacity for i in group],
+                                       pooling.floor)
+    for i, layer in zip(group, kept):
+      layers[i] = layer
+  tails = None if cache.tail is None else tuple(tail for _, _, tail in states)
+  return x, ModelCache(tuple(layers), t_end_B if insert else cache.t, tails)
 
 
 def chunk_step(params, cache, tokens_BxC, valid_BxC, targets_BxC=None, marks_BxC=None, *,
                cfg: ModelConfig, policy: Policy, output: Output, mesh: Mesh | None = None,
-               rules: Rules | None = None, head_floor: float = allocation.DEFAULT_HEAD_FLOOR):
-  """`forward_chunk` plus an output head (`mesh`, `rules`, `marks_BxC`, `head_floor` as
+               rules: Rules | None = None, pooling: allocation.Pooling = allocation.Pooling()):
+  """`forward_chunk` plus an output head (`mesh`, `rules`, `marks_BxC`, `pooling` as
   there).
 
   output="last_logits": float32 logits [B, V] at each row's last real token.
@@ -209,7 +245,7 @@ def chunk_step(params, cache, tokens_BxC, valid_BxC, targets_BxC=None, marks_BxC
   """
   hidden_BxCxD, cache = forward_chunk(params, cache, tokens_BxC, valid_BxC, cfg, policy,
                                       mesh=mesh, rules=rules, marks_BxC=marks_BxC,
-                                      head_floor=head_floor)
+                                      pooling=pooling)
   if output == "last_logits":
     last_B = jnp.maximum(jnp.sum(valid_BxC, axis=1) - 1, 0)
     hidden_Bx1xD = jnp.take_along_axis(hidden_BxCxD, last_B[:, None, None], axis=1)
@@ -226,8 +262,8 @@ def appending_layers(cfg: ModelConfig, policy: Policy) -> list[bool]:
 
 @functools.lru_cache(maxsize=64)
 def jitted_chunk_step(cfg: ModelConfig, policy: Policy, output: Output,
-                      head_floor: float = allocation.DEFAULT_HEAD_FLOOR):
-  """`chunk_step` compiled for one (model, policy, output, head floor); the cache buffers
+                      pooling: allocation.Pooling = allocation.Pooling()):
+  """`chunk_step` compiled for one (model, policy, output, pooling); the cache buffers
   are donated.
 
   jax.jit compiles once per distinct chunk length and cache shape, so a prefill with a fixed
@@ -236,7 +272,7 @@ def jitted_chunk_step(cfg: ModelConfig, policy: Policy, output: Output,
   read, and a second compiled program writes the tail in place (`kv_cache.commit`).
   """
   step = functools.partial(chunk_step, cfg=cfg, policy=policy, output=output,
-                           head_floor=head_floor)
+                           pooling=pooling)
   appends = appending_layers(cfg, policy)
   if not any(appends):
     return jax.jit(step, donate_argnums=(1,))

@@ -49,18 +49,21 @@ def sharded_chunk_step(cfg: ModelConfig, policy: Policy, params: Any, cache: Mod
 def placed_chunk_step(cfg: ModelConfig, policy: Policy, params: Any, cache: ModelCache,
                       output: step.Output, mesh: Mesh | None = None,
                       rules: Rules | None = None,
-                      head_floor: float | None = None) -> tuple[Any, Any, ModelCache]:
+                      pooling: allocation.Pooling | None = None
+                      ) -> tuple[Any, Any, ModelCache]:
   """(chunk step, params, cache) ready to run: one device's `step.jitted_chunk_step`
   without a mesh; on `mesh` (rules default DEFAULT_RULES) `sharded_chunk_step`, with params
   and cache placed on their shardings. The params come back in the `llama.per_layer`
-  inference layout. A cache whose heads share pools (`memjax.cache.allocation`) runs on one
-  device, with `head_floor` (default the allocation's) compiled into its step."""
+  inference layout. A cache with shared pools (`memjax.cache.allocation`) runs on one
+  device, with `pooling` (how `allocation.arrange` laid it out) compiled into its step."""
   params = llama.per_layer(params)
-  if any(layer.head is not None for layer in cache.layers):
+  if any(layer.head is not None or layer.owner is not None for layer in cache.layers):
     if mesh is not None:
-      raise ValueError("allocation='heads' runs on one device: leave mesh unset")
-    floor = allocation.DEFAULT_HEAD_FLOOR if head_floor is None else head_floor
-    return step.jitted_chunk_step(cfg, policy, output, floor), params, cache
+      raise ValueError("a cache with shared pools (allocation='heads' or 'layers') runs on "
+                       "one device: leave mesh unset")
+    if pooling is None:
+      raise ValueError("a cache with shared pools needs the pooling it was arranged with")
+    return step.jitted_chunk_step(cfg, policy, output, pooling), params, cache
   if mesh is None:
     return step.jitted_chunk_step(cfg, policy, output), params, cache
   sharded = sharded_chunk_step(cfg, policy, params, cache, mesh, rules or DEFAULT_RULES, output)

@@ -128,14 +128,15 @@ def answer_cases(lm, cases: Sequence, policy: Policy, budget: int | None, cfg, o
     marks, mesh = None, on_mesh
     if policy.uses_marks:  # the oracle keeps the needles' own tokens
       marks = [needle_marks(c, lm.tokenizer) for c in batch]
-    if policy.uses_marks or policy.compresses_once or cfg.allocation == "heads":
+    if policy.uses_marks or policy.compresses_once or cfg.allocation != "uniform":
       mesh = {}  # these run on one device
     if cfg.query_aware:
       contexts, questions = [c + q for c, q in zip(contexts, questions)], None
       marks = marks and [m + [0] * (len(c) - len(m)) for m, c in zip(marks, contexts)]
     answers = generate_ids(lm.params, lm.cfg, contexts, policy=policy, budget=budget,
                            budget_schedule=cfg.budget_schedule, questions=questions,
-                           allocation=cfg.allocation, head_floor=cfg.head_floor,
+                           allocation=cfg.allocation, floor=cfg.floor,
+                           layer_group=cfg.layer_group,
                            max_new_tokens=max_new_tokens, prefill_chunk=cfg.prefill_chunk,
                            eos_id=lm.tokenizer.eos_id, marks=marks,
                            encode=lm.tokenizer.encode, **mesh)

@@ -38,8 +38,7 @@ class Perplexity(Task):
     per_layer = resolve_budgets(lm.cfg, policy, budget, prepared.shape[1], cfg.budget_schedule)
     logprobs = np.concatenate([
         budgeted_logprobs(lm.params, lm.cfg, prepared[i:i + cfg.batch_size], policy, per_layer,
-                          cfg.ppl_chunk, allocation=cfg.allocation,
-                          head_floor=cfg.head_floor, **({} if cfg.allocation == "heads"
-                                                         else on_mesh))[0]
+                          cfg.ppl_chunk, pooling=cfg.pooling,
+                          **({} if cfg.allocation != "uniform" else on_mesh))[0]
         for i in range(0, len(prepared), cfg.batch_size)])
     return dict(perplexity=perplexity(logprobs), n=int(logprobs.size))

@@ -57,7 +57,7 @@ class RowLog:
 
 # EvalConfig fields added after rows were first logged: at these defaults they are left out of
 # the fingerprint, so the rows logged before them are still found.
-LATER_FIELDS = {"allocation": "uniform", "head_floor": 0.2}
+LATER_FIELDS = {"allocation": "uniform", "floor": 0.2, "layer_group": None}
 
 
 def fingerprint(cfg: Any) -> str:
