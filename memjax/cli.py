@@ -23,10 +23,14 @@ def _eval(args) -> None:
   from memjax.config import load_config
   from memjax.eval import report
   from memjax.eval.config import EvalConfig
-  from memjax.eval.harness import evaluate
+  from memjax.eval.harness import evaluate, included_rows, log_path
 
   cfg = load_config(EvalConfig, args.config, args.overrides)
-  rows = evaluate(cfg, log_path=pathlib.Path(cfg.output_dir) / f"{cfg.name}.rows.jsonl")
+  rows = evaluate(cfg, log_path=log_path(cfg))
+  others, missing = included_rows(cfg)
+  for line in missing:
+    print(f"memjax eval: included config not finished: {line}", file=sys.stderr)
+  rows += others
   paths = report.write_report(rows, cfg)
   print()
   print(report.format_table(rows, cfg.protocol))

@@ -105,3 +105,18 @@ def test_average_needs_every_task(tmp_path):
   paths = write_report(_suite_rows(), EvalConfig(name="suite"), tmp_path)
   assert set(paths) == {"markdown", "csv", "leaderboard"}  # no per-task plots
   assert paths["leaderboard"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rows_of_two_models_stay_apart_and_are_named(rows):
+  other = [dict(r, model="gemma3-270m", accuracy=0.0 if r.get("accuracy") is not None else None)
+           for r in rows if r["task"] == "single"]
+  mine = [dict(r, model="smollm2-135m") for r in rows]
+  tables = [t for t in build_tables(mine + other) if t.metric == "accuracy"]
+  assert [(t.model, t.task) for t in tables] == [("smollm2-135m", "single"),
+                                                ("gemma3-270m", "single")]
+  assert tables[1].cells[("h2o", (0.25, 250))] == (0.0, 8)
+  assert tables[0].cells[("h2o", (0.25, 250))] == (5 / 8, 8)
+  text = markdown_report(mine + other, EvalConfig(policies=["full"] + POLICIES, name="two"))
+  assert "## gemma3-270m: single retrieval, 1000-token context" in text
+  assert "## smollm2-135m: single retrieval, 1000-token context" in text
+  assert "beside it the rows of `gemma3-270m`" in text

@@ -60,6 +60,9 @@ class EvalConfig:
     name: file stem of this run's outputs.
     notes: a paragraph the report prints under its header (e.g. "partial slice: ...");
       not part of the row fingerprint.
+    include: other eval configs (YAML paths) whose finished rows this run's report shows
+      beside its own, e.g. the same suite on a second model: read from their row logs in
+      this run's output_dir, never computed here (`memjax eval` each of them first).
     mesh: on more than one device, generation and perplexity run on this mesh (batch rows
       over data/fsdp, cache KV heads over tensor; `memjax.sharding`); one device ignores it.
       Results do not depend on it (it is not part of the row fingerprint).
@@ -91,6 +94,7 @@ class EvalConfig:
   output_dir: str = "experiments/results"
   name: str = "policy_budget"
   notes: str = ""
+  include: list[str] = dataclasses.field(default_factory=list)
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
   def __post_init__(self):

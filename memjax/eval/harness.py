@@ -39,17 +39,22 @@ def device_mesh(cfg: EvalConfig) -> dict:
   return {"mesh": sharding.build_mesh(cfg.mesh), "rules": cfg.mesh.rules}
 
 
+def _jobs(cfg: EvalConfig) -> list[tuple[Any, int, str, float | None]]:
+  """(task, length, policy, budget) of every row of the config, in order; policies a task
+  cannot run (the oracle on a task without needles) are left out."""
+  tasks = [get_task(t) for t in cfg.run_tasks]
+  return [(task, length, policy, budget) for task in tasks for length in task.lengths(cfg)
+          for policy, budget in _settings(cfg) if task.applies_to(get_policy(policy))]
+
+
 def task_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog, on_mesh: dict,
               progress: bool = True) -> list[dict[str, Any]]:
   """Rows for every (task, length, policy, budget) of the config, in that order; rows
   already in `log` are reused, new ones are added to it. `on_mesh` from `device_mesh`.
 
   A task's inputs (cases, windows) are built once per length, and only if a row is missing.
-  Policies a task cannot run (the oracle on a task without needles) are skipped.
   """
-  tasks = [get_task(t) for t in cfg.run_tasks]
-  jobs = [(task, length, policy, budget) for task in tasks for length in task.lengths(cfg)
-          for policy, budget in _settings(cfg) if task.applies_to(get_policy(policy))]
+  jobs = _jobs(cfg)
   rows, prepared = [], {}
   for task, length, policy, budget in tqdm(jobs, desc="task x policy x budget",
                                            disable=not progress):
@@ -66,6 +71,29 @@ def task_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog, on_mesh: dict,
                    seconds=round(time.perf_counter() - started, 1)))
     rows.append(log.done[key])
   return rows
+
+
+def log_path(cfg: EvalConfig) -> pathlib.Path:
+  """Where a run of `cfg` logs its rows: OUTPUT_DIR/NAME.rows.jsonl."""
+  return pathlib.Path(cfg.output_dir) / f"{cfg.name}.rows.jsonl"
+
+
+def included_rows(cfg: EvalConfig) -> tuple[list[dict[str, Any]], list[str]]:
+  """The finished rows of every config in `cfg.include` (read from its row log in
+  cfg.output_dir, in its own row order), and a line for each one that has missing rows."""
+  from memjax.config import load_config
+  rows, missing = [], []
+  for path in cfg.include:
+    other = load_config(EvalConfig, path, [f"output_dir={cfg.output_dir}"])
+    log = RowLog(log_path(other), other)
+    jobs = _jobs(other)
+    done = [log.done[k] for k in (log.key(t.name, n, p, b) for t, n, p, b in jobs)
+            if k in log.done]
+    rows += done
+    if len(done) < len(jobs):
+      missing.append(f"{path}: {len(done)} of {len(jobs)} rows in {log_path(other)} "
+                     f"(run `memjax eval {path}` to finish it)")
+  return rows, missing
 
 
 def evaluate(cfg: EvalConfig, lm: LanguageModel | None = None, progress: bool = True,

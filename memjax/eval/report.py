@@ -45,6 +45,7 @@ class Table:
     cells: (policy, column) -> (value, n); value is accuracy in 0..1 or perplexity.
     errors: (policy, column) -> standard error of the value, for cells whose rows all
       carry per-case `scores` (more than one case).
+    model: the rows' model (None for rows that do not name one).
   """
 
   metric: str
@@ -54,6 +55,7 @@ class Table:
   policies: tuple[str, ...]
   cells: dict[tuple[str, tuple[Any, Any]], tuple[float, int]]
   errors: dict[tuple[str, tuple[Any, Any]], float] = dataclasses.field(default_factory=dict)
+  model: str | None = None
 
   @property
   def title(self) -> str:
@@ -96,15 +98,17 @@ def protocol_label(query_aware: bool) -> str:
 
 
 def build_tables(rows: Sequence[Mapping[str, Any]]) -> list[Table]:
-  """Accuracy tables per (task, context length), then perplexity tables per window length."""
+  """Accuracy tables per (model, task, context length), then perplexity tables per (model,
+  window length)."""
   tables = []
   for metric in ("accuracy", "perplexity"):
-    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    groups: dict[tuple[Any, str, int], list[Mapping[str, Any]]] = {}
     for row in rows:
       if row.get(metric) is not None:
         task = row.get("task") if metric == "accuracy" else "perplexity"
-        groups.setdefault((task, row["context_tokens"]), []).append(row)
-    tables += [_table(metric, task, context, group) for (task, context), group in groups.items()]
+        groups.setdefault((row.get("model"), task, row["context_tokens"]), []).append(row)
+    tables += [dataclasses.replace(_table(metric, task, context, group), model=model)
+               for (model, task, context), group in groups.items()]
   return tables
 
 
@@ -247,11 +251,18 @@ def _average_grid(average: Average) -> list[list[str]]:
 AVERAGE_UNIT = "mean accuracy % over the tasks ± standard error"
 
 
+def _models(rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+  return list(dict.fromkeys(row.get("model") for row in rows))
+
+
 def _blocks(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, list[list[str]]]]:
-  """(title, unit, grid) of every table: the averages first, then one per task."""
-  blocks = [(a.title, AVERAGE_UNIT, _average_grid(a)) for a in build_averages(rows)]
+  """(title, unit, grid) of every table: the averages first, then one per task; titles
+  name the model when the rows come from more than one."""
+  named = len(_models(rows)) > 1
+  title = lambda t: f"{t.model}: {t.title}" if named else t.title
+  blocks = [(title(a), AVERAGE_UNIT, _average_grid(a)) for a in build_averages(rows)]
   for table in build_tables(rows):
-    blocks.append((table.title, _unit(table), _grid(table, n_prefix="n=")))
+    blocks.append((title(table), _unit(table), _grid(table, n_prefix="n=")))
   return blocks
 
 
@@ -279,8 +290,11 @@ def markdown_report(rows: Sequence[Mapping[str, Any]], config: Any) -> str:
   """
   cfg = config_to_dict(config)
   protocol = protocol_label(bool(cfg.get("query_aware", False)))
+  others = [m for m in _models(rows) if m not in (None, cfg.get("model"))]
   lines = [f"# {cfg.get('name', 'results')}", "",
-           f"- model: `{cfg.get('model', '?')}`",
+           f"- model: `{cfg.get('model', '?')}`" + (
+               f"; beside it the rows of `{'`, `'.join(others)}` (from the configs in "
+               f"`include`)" if others else ""),
            f"- protocol: **{protocol}**: {PROTOCOL_NOTES[protocol]}",
            "- columns: KV budget per layer, as a fraction of the context (tokens kept)"]
   if cfg.get("notes"):

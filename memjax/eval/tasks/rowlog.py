@@ -18,7 +18,7 @@ from memjax.config import config_to_dict
 
 # EvalConfig fields that say which rows are asked for, or where they go, not their values.
 EVAL_SELECTION_FIELDS = ("policies", "gates", "budgets", "tasks", "context_tokens", "perplexity",
-                         "batch_size", "output_dir", "name", "notes", "mesh")
+                         "batch_size", "output_dir", "name", "notes", "include", "mesh")
 
 
 class RowLog:
