@@ -29,10 +29,9 @@ from memjax.models.config import MemoryConfig, tiny_config
 from memjax.retention import gate
 from memjax.retention.model import forward_gated
 from memjax.sharding.inference import sharded_chunk_step
+from memjax.sharding.placement import Placement, placed, traced_under
 from memjax.sharding.logical import dict_path
 from memjax.cache import kv_cache
-from memjax.eval.config import EvalConfig
-from memjax.eval.harness import device_mesh
 from memjax.eval.perplexity import budgeted_logprobs
 from memjax.cache.policies import get_policy
 from memjax.train import (Checkpointer, TrainConfig, build_model, init_state, make_optimizer,
@@ -123,10 +122,10 @@ def meshes(out: pathlib.Path) -> None:
     final = train(cfg, loss_fn, trainable, frozen, RandomBatches(), model_cfg=model_cfg)
     cache = kv_cache.init_cache([16] * model_cfg.n_layers, len(prompts), model_cfg.n_kv_heads,
                                 model_cfg.head_dim)
-    compiled = sharded_chunk_step(model_cfg, get_policy("h2o"), gen_params, cache, mesh,
-                                  mesh_cfg.rules)
+    compiled = sharded_chunk_step(model_cfg, get_policy("h2o"), gen_params, cache,
+                                  Placement.on(mesh, mesh_cfg.rules))
     losses = [row["loss"] for row in read_jsonl(pathlib.Path(cfg.output_dir) / "metrics.jsonl")]
-    got_logprobs, ppl_cache = logprobs(**device_mesh(EvalConfig(mesh=mesh_cfg)))
+    got_logprobs, ppl_cache = logprobs(placement=Placement.of(mesh_cfg))
     results[str(shape)] = {
         "perplexity_logprobs_rel_err": rel_err(got_logprobs, want_logprobs),
         "perplexity_cache_k_spec": str(ppl_cache.layers[0].k.sharding.spec),
@@ -137,7 +136,7 @@ def meshes(out: pathlib.Path) -> None:
         "params": shard_shapes(final.trainable),
         "adam_mu": shard_shapes(final.opt_state[1][0].mu),
         "cache_k_spec": str(compiled.cache.layers[0].k.spec),
-        "generate_tokens": generate(mesh=mesh),
+        "generate_tokens": generate(placement=Placement.on(mesh)),
         "want_tokens": want_tokens,
     }
   out.write_text(json.dumps(results))
@@ -161,12 +160,13 @@ def kernels(out: pathlib.Path) -> None:
   for shape in MESHES:
     mesh_cfg = sharding.MeshConfig(axes=dict(zip(("data", "fsdp", "tensor"), shape)))
     kernel = dict(backend="gpu", interpret=True)
-    on_mesh = dict(mesh=sharding.build_mesh(mesh_cfg), rules=mesh_cfg.rules, **kernel)
+    with placed(Placement.on(sharding.build_mesh(mesh_cfg), mesh_cfg.rules)):
+      flash = wrapped.flash_attention(q, k, v, log_beta, **kernel)
+      decode = wrapped.decode_attention(q, cache, positions, **kernel)
     results[str(shape)] = {
-        "flash": rel_err(wrapped.flash_attention(q, k, v, log_beta, **on_mesh),
-                         plain.flash_attention(q, k, v, log_beta, **kernel)),
-        "decode": rel_err(wrapped.decode_attention(q, cache, positions, **on_mesh),
-                          plain.decode_attention(q, cache, positions=positions, **kernel)),
+        "flash": rel_err(flash, plain.flash_attention(q, k, v, log_beta, **kernel)),
+        "decode": rel_err(decode, plain.decode_attention(q, cache, positions=positions,
+                                                         **kernel)),
     }
   out.write_text(json.dumps(results))
 
@@ -183,13 +183,15 @@ METHOD_SETTINGS = {
 
 def loss_holds_shard_map(method: str, backend: str, mesh_cfg: sharding.MeshConfig) -> bool:
   """Whether the trainer's loss of `method` (a run on `mesh_cfg` with attention `backend`)
-  traces to a shard_map."""
+  traces to a shard_map under the run's placement."""
   cfg = TrainConfig(model="tiny", seq_len=8, batch_size=4, synthetic_fraction=0.0,
                     attention_impl=backend,
                     mesh=mesh_cfg, method=METHOD_SETTINGS[method])
   loss_fn, trainable, frozen, _ = setup_run(cfg)[:4]
   batch = {"tokens": np.zeros((4, 9), np.int32)}
-  jaxpr = jax.jit(loss_fn).trace(trainable, frozen, batch, jax.random.PRNGKey(0)).jaxpr
+  placement = Placement.on(sharding.build_mesh(mesh_cfg), mesh_cfg.rules)
+  jaxpr = jax.jit(traced_under(placement, loss_fn)).trace(trainable, frozen, batch,
+                                                          jax.random.PRNGKey(0)).jaxpr
   return "shard_map" in str(jaxpr)
 
 
@@ -212,11 +214,10 @@ def pallas(out: pathlib.Path, run_kernels: bool) -> None:
   forwards = {"forward": lambda *a, **kw: llama.forward(*a, **kw),
               "gated": lambda *a, **kw: forward_gated(*a, **kw)[0]}
 
-  def loss_and_grads(cfg, **on_mesh):
+  def loss_and_grads(cfg):
     """Gradient of the sum of both forwards' next-token losses."""
     loss = lambda params, tokens: sum(
-        next_token_ce(f(params, tokens[:, :-1], cfg, **on_mesh), tokens)[0]
-        for f in forwards.values())
+        next_token_ce(f(params, tokens[:, :-1], cfg), tokens)[0] for f in forwards.values())
     return jax.value_and_grad(loss)
 
   generate = lambda cfg, **kw: generate_ids(params, cfg, prompts, policy="h2o", budget=8,
@@ -228,6 +229,7 @@ def pallas(out: pathlib.Path, run_kernels: bool) -> None:
   for shape in MESHES[1:]:
     mesh_cfg = sharding.MeshConfig(axes=dict(zip(("data", "fsdp", "tensor"), shape)))
     mesh, rules = sharding.build_mesh(mesh_cfg), mesh_cfg.rules
+    placement = Placement.on(mesh, rules)
     params_sh = sharding.param_shardings(params, mesh, rules)
     args = (sharding.put(params, params_sh),
             sharding.put(tokens, sharding.batch_sharding(4, mesh, rules)))
@@ -236,9 +238,10 @@ def pallas(out: pathlib.Path, run_kernels: bool) -> None:
     holds_shard_map = {}
     for backend, cfg in (("tpu", tpu_cfg), ("xla", xla_cfg)):
       for name, f in forwards.items():
-        jaxpr = jax.jit(functools.partial(f, cfg=cfg, mesh=mesh, rules=rules)).trace(*args).jaxpr
+        jaxpr = jax.jit(traced_under(placement, functools.partial(f, cfg=cfg))).trace(
+            *args).jaxpr
         holds_shard_map[f"{name}_{backend}"] = "shard_map" in str(jaxpr)
-      chunk = sharded_chunk_step(cfg, get_policy("h2o"), params, cache, mesh, rules)
+      chunk = sharded_chunk_step(cfg, get_policy("h2o"), params, cache, placement)
       holds_shard_map[f"generate_{backend}"] = "shard_map" in str(chunk.fn.trace(
           params, cache, tokens[:, :8], tokens[:, :8] >= 0).jaxpr)
       for method in METHOD_SETTINGS:
@@ -246,11 +249,11 @@ def pallas(out: pathlib.Path, run_kernels: bool) -> None:
                                                                            mesh_cfg)
     results[str(shape)] = {"holds_shard_map": holds_shard_map}
     if run_kernels:
-      sharded = jax.jit(loss_and_grads(tpu_cfg, mesh=mesh, rules=rules),
+      sharded = jax.jit(traced_under(placement, loss_and_grads(tpu_cfg)),
                         out_shardings=(sharding.replicated(mesh), params_sh))
       with pltpu.force_tpu_interpret_mode(pltpu.InterpretParams()):
         loss, grads = sharded(*args)
-        got_tokens = generate(tpu_cfg, mesh=mesh)
+        got_tokens = generate(tpu_cfg, placement=placement)
       results[str(shape)].update(loss_rel_err=rel_err(loss, want_loss),
                                  grad_rel_err=rel_err(grads, want_grads),
                                  generate_tokens=got_tokens, want_tokens=want_tokens)

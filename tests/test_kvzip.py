@@ -15,6 +15,7 @@ from memjax.cache import kv_cache
 from memjax.cache.policies import get_policy
 from memjax.generation import generate, step
 from memjax.models import llama
+from memjax.sharding.placement import Placement
 from tests.helpers import tiny_model
 
 ENCODE = lambda text: [ord(ch) % 97 for ch in text][:3]  # a toy tokenizer: <= 3 ids per text
@@ -121,9 +122,9 @@ def test_needs_encode_and_one_device():
   with pytest.raises(ValueError, match="encode=tokenizer.encode"):
     generate.generate_ids(params, cfg, context_rows(), policy="kvzip", budget=8)
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-  with pytest.raises(ValueError, match="leave mesh and marks unset"):
+  with pytest.raises(ValueError, match="leave placement and marks unset"):
     generate.generate_ids(params, cfg, context_rows(), policy="kvzip", budget=8, encode=ENCODE,
-                          mesh=mesh)
+                          placement=Placement.on(mesh))
 
 
 @pytest.mark.parametrize("name", ["snapkv", "compactor", "knorm"])

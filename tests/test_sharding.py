@@ -226,3 +226,22 @@ def test_hardware_configs_load(name):
   path = pathlib.Path(__file__).parents[1] / "configs" / f"{name}.yaml"
   cfg = load_train_config(str(path))
   assert cfg.mesh.axes and cfg.batch_size % cfg.grad_accum == 0
+
+
+def test_a_placement_is_seen_while_tracing_and_each_jit_keeps_its_own():
+  """The kernel wrappers read the placement their caller is traced under: a function jitted
+  with `traced_under` sees its own placement whenever it is traced, inside any other."""
+  from memjax.sharding.placement import Placement, current, placed, traced_under
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  on_mesh = Placement.on(mesh, {"batch": ["data"]})
+  assert current() == Placement() and Placement.of(MeshConfig()) == Placement()
+  assert on_mesh.logical_rules == {"batch": ["data"]}
+  assert Placement.on(mesh).logical_rules == sharding.DEFAULT_RULES
+  seen = []
+  fn = jax.jit(traced_under(on_mesh, lambda x: seen.append(current()) or x + 1))
+  other = jax.jit(traced_under(Placement(), lambda x: seen.append(current()) or x - 1))
+  with placed(on_mesh):
+    assert current() is on_mesh
+    other(np.float32(1.0))
+  fn(np.float32(1.0))
+  assert seen == [Placement(), on_mesh] and current() == Placement()

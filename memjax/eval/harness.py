@@ -6,18 +6,16 @@ import pathlib
 import time
 from typing import Any
 
-import jax
 from tqdm.auto import tqdm
 
-from memjax import sharding
 from memjax.cache.policies import get_policy
 from memjax.eval.config import EvalConfig
 from memjax.eval.tasks import get_task
 from memjax.eval.tasks.rowlog import RowLog, fingerprint, gates_id
 from memjax.lm import LanguageModel
+from memjax.sharding.placement import Placement
 
-__all__ = ["RowLog", "budget_tokens", "device_mesh", "evaluate", "fingerprint", "gates_id",
-           "task_rows"]
+__all__ = ["RowLog", "budget_tokens", "evaluate", "fingerprint", "gates_id", "task_rows"]
 
 
 def budget_tokens(budget: float, context_tokens: int) -> int:
@@ -31,14 +29,6 @@ def _settings(cfg: EvalConfig) -> list[tuple[str, float | None]]:
           for p in cfg.policies for b in ([None] if p == "full" else cfg.budgets)]
 
 
-def device_mesh(cfg: EvalConfig) -> dict:
-  """{"mesh", "rules"} for generation and perplexity: cfg.mesh on more than one device,
-  no mesh on one."""
-  if jax.device_count() == 1:
-    return {}
-  return {"mesh": sharding.build_mesh(cfg.mesh), "rules": cfg.mesh.rules}
-
-
 def _jobs(cfg: EvalConfig) -> list[tuple[Any, int, str, float | None]]:
   """(task, length, policy, budget) of every row of the config, in order; policies a task
   cannot run (the oracle on a task without needles) are left out."""
@@ -47,10 +37,11 @@ def _jobs(cfg: EvalConfig) -> list[tuple[Any, int, str, float | None]]:
           for policy, budget in _settings(cfg) if task.applies_to(get_policy(policy))]
 
 
-def task_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog, on_mesh: dict,
+def task_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog, placement: Placement,
               progress: bool = True) -> list[dict[str, Any]]:
   """Rows for every (task, length, policy, budget) of the config, in that order; rows
-  already in `log` are reused, new ones are added to it. `on_mesh` from `device_mesh`.
+  already in `log` are reused, new ones are added to it. `placement`: the run's,
+  `Placement.of(cfg.mesh)`.
 
   A task's inputs (cases, windows) are built once per length, and only if a row is missing.
   """
@@ -65,7 +56,7 @@ def task_rows(lm: LanguageModel, cfg: EvalConfig, log: RowLog, on_mesh: dict,
       slots = None if budget is None else budget_tokens(budget, length)
       started = time.perf_counter()
       values = task.run(lm, cfg, prepared[(task.name, length)], get_policy(policy), slots,
-                        on_mesh)
+                        placement)
       log.add(dict(policy=policy, budget=budget, budget_tokens=slots, task=task.name,
                    context_tokens=length, **values, model=cfg.model,
                    seconds=round(time.perf_counter() - started, 1)))
@@ -106,4 +97,4 @@ def evaluate(cfg: EvalConfig, lm: LanguageModel | None = None, progress: bool = 
   from memjax.lm import load
   log = RowLog(log_path, cfg)
   lm = lm or load(cfg.model, cfg.dtype, gates=cfg.gates)
-  return task_rows(lm, cfg, log, device_mesh(cfg), progress)
+  return task_rows(lm, cfg, log, Placement.of(cfg.mesh), progress)

@@ -14,7 +14,6 @@ from typing import Callable, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from memjax import checks
@@ -26,7 +25,7 @@ from memjax.generation import sampling, step
 from memjax.models import llama
 from memjax.models.config import ModelConfig
 from memjax.sharding.inference import placed_chunk_step
-from memjax.sharding.rules import Rules
+from memjax.sharding.placement import Placement, traced_under
 
 FULL_CAPACITY_QUANTUM = 256
 
@@ -147,8 +146,7 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
                  prefill_chunk: int = 512, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0,
                  eos_id: int | None = None, progress: bool = False, stream: bool = False,
-                 mesh: Mesh | None = None,
-                 rules: Rules | None = None,
+                 placement: Placement | None = None,
                  marks: Sequence[Sequence[int]] | None = None,
                  encode: Callable[[str], list[int]] | None = None,
                  compress_once: bool = False,
@@ -171,9 +169,9 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
     stream: return an iterator that yields each step's tokens as they come (a list of B
       ids, None for a row that has stopped) instead of running every decode step on the
       device in one `lax.while_loop`; the tokens are the same.
-    mesh: run prefill and decode on this mesh (one process): the cache split over batch
-      rows and KV heads, params by their logical axes (`memjax.sharding`).
-    rules: logical axis rules for `mesh`; default `memjax.sharding.DEFAULT_RULES`.
+    placement: run prefill and decode on its mesh under its logical axis rules (one
+      process; `memjax.sharding.placement.Placement.of(MeshConfig())`): the cache split over
+      batch rows and KV heads, params by their logical axes. None or no mesh: one device.
     marks: for the `oracle` policy (the only one that reads them): B rows of 0/1 flags, one
       per prompt token; marked tokens are kept whatever the budget. Question and generated
       tokens are unmarked. One device only.
@@ -216,19 +214,21 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
     raise ValueError(f"policy {policy.name!r} needs marks= (0/1 per prompt token)")
   if marks is not None and [len(m) for m in marks] != [len(p) for p in prompts]:
     raise ValueError("marks need one row per prompt with one flag per prompt token")
+  placement = placement or Placement()
+  mesh = placement.mesh
   if marks is not None and mesh is not None:
-    raise ValueError("marks (the oracle policy) run on one device; leave mesh unset")
+    raise ValueError("marks (the oracle policy) run on one device; leave placement unset")
   pooling = allocation_lib.Pooling(allocation, floor, layer_group).checked()
   compress_once = (compress_once and policy.evicts) or policy.compresses_once
   if pooling.mode != "uniform" and policy.evicts and (compress_once or mesh is not None):
     raise ValueError(f"allocation={allocation!r} evicts at every chunk on one device: leave "
-                     f"mesh unset and compress_once off (policy {policy.name!r})")
+                     f"placement unset and compress_once off (policy {policy.name!r})")
   if policy.compresses_once and encode is None:
     raise ValueError(f"policy {policy.name!r} writes its own reconstruction prompt: pass "
                      "encode=tokenizer.encode")
   if compress_once and (mesh is not None or policy.uses_marks):
     raise ValueError(f"compressing once after prefill (policy {policy.name!r}) runs on one "
-                     "device and reads no marks: leave mesh and marks unset")
+                     "device and reads no marks: leave placement and marks unset")
   params = llama.per_layer(params)
   batch = len(prompts)
   longest_question = max((len(q) for q in questions), default=0) if questions else 0
@@ -246,7 +246,7 @@ def generate_ids(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
         kv_cache.init_cache(per_layer, batch, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_dtype),
         pooling, policy, cfg.layer_plan())
     chunk_fn, params, cache = placed_chunk_step(cfg, policy, params, cache, "last_logits",
-                                                mesh, rules, pooling)
+                                                placement, pooling)
     logits, cache = _first_logits(chunk_fn, params, cache, prompts, prefill_chunk,
                                   marks if policy.uses_marks else None, progress)
   if questions is not None and longest_question:
@@ -313,7 +313,7 @@ def jitted_decode(cfg: ModelConfig, policy: Policy, sampler: sampling.Sampler,
     i, _, logits, done_B, out_BxN = jax.lax.while_loop(more, body, start)
     return pick(i, logits, done_B, out_BxN)[2]
 
-  return jax.jit(decode)
+  return jax.jit(traced_under(Placement(), decode))
 
 
 def _pick(logits_BxV, key, i, sampler: sampling.Sampler, eos_id: int | None, done_B):

@@ -18,7 +18,6 @@ from typing import Callable, Literal, NamedTuple, Sequence
 import einops
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 
 from memjax.cache import allocation, kv_cache
 from memjax.cache.kv_cache import LayerCache, ModelCache
@@ -29,10 +28,10 @@ from memjax.models import llama
 from memjax.models.config import LayerSpec, ModelConfig
 from memjax.retention import gate
 from memjax.sharding import kernels as mesh_kernels
-from memjax.sharding.rules import Rules
+from memjax.sharding.placement import Placement, traced_under
 
 Output = Literal["last_logits", "target_logprobs"]
-# `memjax.sharding.kernels.decode_attention` with backend, mesh and rules bound.
+# `memjax.sharding.kernels.decode_attention` with the backend bound.
 Attend = Callable[..., tuple[jax.Array, jax.Array | None]]
 
 
@@ -179,7 +178,6 @@ def _pool_states(cache: ModelCache, groups: Sequence[Sequence[int]], floor: floa
 
 def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array,
                   valid_BxC: jax.Array, cfg: ModelConfig, policy: Policy, *,
-                  mesh: Mesh | None = None, rules: Rules | None = None,
                   marks_BxC: jax.Array | None = None, insert: bool = True,
                   pooling: allocation.Pooling = allocation.Pooling()
                   ) -> tuple[jax.Array, ModelCache]:
@@ -193,8 +191,8 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
     params: best in the `llama.per_layer` layout (each layer's weights and cache its own
       buffers, blocks unrolled); stacked params are sliced inside the step, which XLA
       turns into copies of every weight (correct, several times slower).
-    mesh, rules: under a `jit` sharded on `mesh` (logical axis `rules`), Pallas attention
-      runs per device block of batch rows and KV heads (`memjax.sharding.kernels`).
+    Traced under a placement with a mesh (`memjax.sharding.placement`), Pallas attention
+    runs per device block of batch rows and KV heads (`memjax.sharding.kernels`).
     pooling: how the cache's pools were arranged (`allocation.arrange`): each pool
       member's floor and, for "layers", which layers share a pool; a pool of layers evicts
       once all of them have run the chunk.
@@ -212,8 +210,7 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
   c = tokens_BxC.shape[1]
   positions_BxC = cache.t[:, None] + jnp.arange(c, dtype=jnp.int32)
   t_end_B = cache.t + jnp.sum(valid_BxC, axis=1, dtype=jnp.int32)
-  attend = functools.partial(mesh_kernels.decode_attention, backend=cfg.attention_impl,
-                             mesh=mesh, rules=rules)
+  attend = functools.partial(mesh_kernels.decode_attention, backend=cfg.attention_impl)
   mix = _cache_mixer(policy, valid_BxC, t_end_B, attend, marks_BxC, insert=insert,
                      floor=pooling.floor)
   x = llama.embed(params, tokens_BxC, cfg)
@@ -235,17 +232,15 @@ def forward_chunk(params: llama.Params, cache: ModelCache, tokens_BxC: jax.Array
 
 
 def chunk_step(params, cache, tokens_BxC, valid_BxC, targets_BxC=None, marks_BxC=None, *,
-               cfg: ModelConfig, policy: Policy, output: Output, mesh: Mesh | None = None,
-               rules: Rules | None = None, pooling: allocation.Pooling = allocation.Pooling()):
-  """`forward_chunk` plus an output head (`mesh`, `rules`, `marks_BxC`, `pooling` as
-  there).
+               cfg: ModelConfig, policy: Policy, output: Output,
+               pooling: allocation.Pooling = allocation.Pooling()):
+  """`forward_chunk` plus an output head (`marks_BxC`, `pooling` as there).
 
   output="last_logits": float32 logits [B, V] at each row's last real token.
   output="target_logprobs": float32 log p(targets) [B, C] at every position.
   """
   hidden_BxCxD, cache = forward_chunk(params, cache, tokens_BxC, valid_BxC, cfg, policy,
-                                      mesh=mesh, rules=rules, marks_BxC=marks_BxC,
-                                      pooling=pooling)
+                                      marks_BxC=marks_BxC, pooling=pooling)
   if output == "last_logits":
     last_B = jnp.maximum(jnp.sum(valid_BxC, axis=1) - 1, 0)
     hidden_Bx1xD = jnp.take_along_axis(hidden_BxCxD, last_B[:, None, None], axis=1)
@@ -263,16 +258,16 @@ def appending_layers(cfg: ModelConfig, policy: Policy) -> list[bool]:
 @functools.lru_cache(maxsize=64)
 def jitted_chunk_step(cfg: ModelConfig, policy: Policy, output: Output,
                       pooling: allocation.Pooling = allocation.Pooling()):
-  """`chunk_step` compiled for one (model, policy, output, pooling); the cache buffers
-  are donated.
+  """`chunk_step` compiled for one (model, policy, output, pooling) on one device (traced
+  under `Placement()`, whatever placement the caller is in); the cache buffers are donated.
 
   jax.jit compiles once per distinct chunk length and cache shape, so a prefill with a fixed
   chunk size and a decode loop each compile once, whatever the context length. For a
   policy that never evicts, the chunk goes into a tail of C slots while the layers are only
   read, and a second compiled program writes the tail in place (`kv_cache.commit`).
   """
-  step = functools.partial(chunk_step, cfg=cfg, policy=policy, output=output,
-                           pooling=pooling)
+  step = traced_under(Placement(), functools.partial(chunk_step, cfg=cfg, policy=policy,
+                                                     output=output, pooling=pooling))
   appends = appending_layers(cfg, policy)
   if not any(appends):
     return jax.jit(step, donate_argnums=(1,))
@@ -300,7 +295,7 @@ def jitted_scoring_pass(cfg: ModelConfig, policy: Policy):
   def run(params, cache, tokens_BxC, valid_BxC):
     return forward_chunk(params, cache, tokens_BxC, valid_BxC, cfg, policy, insert=False)[1]
 
-  return jax.jit(run, donate_argnums=(1,))
+  return jax.jit(traced_under(Placement(), run), donate_argnums=(1,))
 
 
 def compress(cache: ModelCache, policy: Policy, budgets: Sequence[int], room: int,

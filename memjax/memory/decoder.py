@@ -29,13 +29,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 
 from memjax.memory import pkm_layer, titans
 from memjax.memory.pkm_layer import Bag, Lookup
 from memjax.models import llama
 from memjax.models.config import LayerSpec, ModelConfig
-from memjax.sharding.rules import Rules
 
 Params = dict[str, Any]
 
@@ -79,24 +77,20 @@ def memory_block(p: Params, m: Params, values: jax.Array | None, x_BxTxD: jax.Ar
 
 
 def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig, remat: bool = False,
-            bag: Bag | None = None, *, mesh: Mesh | None = None,
-            rules: Rules | None = None,
-            mix: llama.Mixer | None = None) -> tuple[jax.Array, list[Lookup]]:
+            bag: Bag | None = None, *, mix: llama.Mixer | None = None) -> tuple[jax.Array, list[Lookup]]:
   """Causal LM forward with memory layers: float32 logits [B, T, V] and, per product-key
   memory block in layer order, the slots it read.
 
   Args:
     bag: the value gather-sum; default the chunked single-device one
       (`pkm_layer.local_bag`), or the shard_map'd one of `memjax.memory.sharded`.
-    mesh, rules: under a `jit` sharded on `mesh`, Pallas attention runs per device block
-      (`llama.full_causal_mixer`).
     mix: the attention of every block instead (e.g. `llama.sliding_window_mixer`).
   """
   mem = cfg.memory
   bag = bag or pkm_layer.local_bag(mem)
   b, t = tokens_BxT.shape
   positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  mix = mix or llama.full_causal_mixer(cfg, mesh, rules)
+  mix = mix or llama.full_causal_mixer(cfg)
   layer = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
   run_memory = (jax.checkpoint(memory_block, static_argnums=(5, 6, 7, 8)) if remat
                 else memory_block)

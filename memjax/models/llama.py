@@ -30,14 +30,12 @@ import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
 from memjax import kernels
 from memjax.attention import reference
 from memjax.models.config import LayerSpec, ModelConfig, RopeScaling
 from memjax.models.families import param_table
 from memjax.sharding import kernels as mesh_kernels
-from memjax.sharding.rules import Rules
 
 Params = dict[str, Any]
 # mix(spec, layer_params, h, q, k, v, positions, layer_state) -> (attention output, new
@@ -311,13 +309,12 @@ def _plan_mix(spec, p, h, q, k_BxTxHkvxDh, v_BxTxHkvxDh, positions_BxT, state):
   return reference.attend(q, k, v, mask, spec.attn_soft_cap)[0], state
 
 
-def full_causal_mixer(cfg: ModelConfig, mesh: Mesh | None = None,
-                      rules: Rules | None = None) -> Mixer:
+def full_causal_mixer(cfg: ModelConfig) -> Mixer:
   """Causal attention over the whole sequence (positions 0..T-1 in every row), each block
   within its own window (`LayerSpec.window`). Global blocks run by `cfg.attention_impl`:
   the XLA reference, or the Pallas flash-attention kernel (per device block of batch rows
-  and KV heads on `mesh`, see `memjax.sharding.kernels`); sliding-window blocks always
-  take the XLA path (the kernels have no window)."""
+  and KV heads on the placement's mesh, see `memjax.sharding.kernels`); sliding-window
+  blocks always take the XLA path (the kernels have no window)."""
   backend = kernels.resolve(cfg.attention_impl)
   if backend == "xla":
     return _plan_mix
@@ -326,7 +323,7 @@ def full_causal_mixer(cfg: ModelConfig, mesh: Mesh | None = None,
     if spec.window is not None:
       return _plan_mix(spec, p, h, q, k, v, positions_BxT, state)
     return mesh_kernels.flash_attention(q, k, v, causal=True, soft_cap=spec.attn_soft_cap,
-                                        backend=backend, mesh=mesh, rules=rules), state
+                                        backend=backend), state
 
   return mix
 
@@ -346,16 +343,15 @@ def sliding_window_mixer(window: int) -> Mixer:
 
 
 def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig, remat: bool = False, *,
-            mesh: Mesh | None = None, rules: Rules | None = None,
             mix: Mixer | None = None) -> jax.Array:
   """Causal attention over the whole sequence: float32 logits [B, T, V].
 
-  Under a `jit` sharded on `mesh` (logical axis `rules`, default
-  `memjax.sharding.DEFAULT_RULES`), Pallas attention runs per device block; the XLA path
-  ignores both (GSPMD partitions it). `mix` replaces the attention of every block
-  (default: the plan's, `full_causal_mixer`), e.g. `sliding_window_mixer(w)`.
+  Traced under a placement with a mesh (`memjax.sharding.placement`), Pallas attention
+  runs per device block; the XLA path ignores it (GSPMD partitions it). `mix` replaces the
+  attention of every block (default: the plan's, `full_causal_mixer`), e.g.
+  `sliding_window_mixer(w)`.
   """
-  mix = mix or full_causal_mixer(cfg, mesh, rules)
+  mix = mix or full_causal_mixer(cfg)
   if cfg.memory is not None:
     return memory_layers().forward(params, tokens_BxT, cfg, remat, mix=mix)[0]
   b, t = tokens_BxT.shape

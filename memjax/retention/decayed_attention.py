@@ -9,12 +9,10 @@ which take positions to be 0..T-1 in every row.
 from __future__ import annotations
 
 import jax
-from jax.sharding import Mesh
 
 from memjax import kernels
 from memjax.attention.decayed import Impl, xla_decayed_attention
 from memjax.sharding import kernels as mesh_kernels
-from memjax.sharding.rules import Rules
 
 __all__ = ["Impl", "decayed_attention"]
 
@@ -23,8 +21,7 @@ def decayed_attention(q_BxTxHqxDh: jax.Array, k_BxTxHkvxDh: jax.Array, v_BxTxHkv
                       log_beta_BxTxHkv: jax.Array, positions_BxT: jax.Array, *,
                       segment_ids: jax.Array | None = None, soft_cap: float | None = None,
                       impl: Impl = "blockwise", block: int = 128, remat: bool = False,
-                      backend: str = "xla", mesh: Mesh | None = None,
-                      rules: Rules | None = None) -> jax.Array:
+                      backend: str = "xla") -> jax.Array:
   """Causal GQA attention with the retention bias log β_j · (t − j) on the logits.
 
   Args:
@@ -43,8 +40,8 @@ def decayed_attention(q_BxTxHqxDh: jax.Array, k_BxTxHkvxDh: jax.Array, v_BxTxHkv
     backend: "xla" runs `impl`; "auto", "tpu" or "gpu" (a `ModelConfig.attention_impl`)
       runs `memjax.kernels.flash_attention` when it resolves to a Pallas kernel, which
       requires positions_BxT = 0..T-1 in every row (packed documents via segment ids).
-    mesh, rules: under a `jit` sharded on `mesh` (logical axis `rules`), the Pallas
-      kernels run per device block of batch rows and KV heads (`memjax.sharding.kernels`).
+      Traced under a placement with a mesh, the kernel runs per device block of batch rows
+      and KV heads (`memjax.sharding.kernels`).
 
   Returns:
     out_BxTxHqxDh in the dtype of q; softmax and accumulation run in float32.
@@ -52,8 +49,7 @@ def decayed_attention(q_BxTxHqxDh: jax.Array, k_BxTxHkvxDh: jax.Array, v_BxTxHkv
   if backend != "xla" and kernels.resolve(backend) != "xla":
     return mesh_kernels.flash_attention(q_BxTxHqxDh, k_BxTxHkvxDh, v_BxTxHkvxDh,
                                         log_beta_BxTxHkv, segment_ids=segment_ids,
-                                        soft_cap=soft_cap, backend=backend, mesh=mesh,
-                                        rules=rules)
+                                        soft_cap=soft_cap, backend=backend)
   return xla_decayed_attention(q_BxTxHqxDh, k_BxTxHkvxDh, v_BxTxHkvxDh, log_beta_BxTxHkv,
                                positions_BxT, segment_ids=segment_ids, soft_cap=soft_cap,
                                impl=impl, block=block, remat=remat)

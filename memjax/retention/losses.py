@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 
 from memjax.models import llama
 from memjax.models.config import ModelConfig
 from memjax.retention import capacity, gate
 from memjax.retention.decayed_attention import Impl
 from memjax.retention.model import forward_gated
-from memjax.sharding.rules import Rules
 
 
 def target_ce(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
@@ -80,8 +78,7 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
                 tokens_BxT: jax.Array, cfg: ModelConfig, *, memory_M: int,
                 weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
                 teacher_logits: jax.Array | None = None, impl: Impl = "blockwise",
-                block: int = 128, remat: bool = False, mesh: Mesh | None = None,
-                rules: Rules | None = None, answer_BxT: jax.Array | None = None,
+                block: int = 128, remat: bool = False, answer_BxT: jax.Array | None = None,
                 answer_weight: float = 0.0, memory_ratio: float = 0.0,
                 fact_BxT: jax.Array | None = None, fact_weight: float = 0.0,
                 teacher_topk: tuple[jax.Array, jax.Array] | None = None,
@@ -99,8 +96,6 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
       top k next tokens (`memjax.train.teacher`): the teacher is not run and the KL is
       `topk_kl` (coarsened to those k tokens plus the rest).
     impl, block, remat: passed to `decayed_attention` (block also tiles the capacity sums).
-    mesh, rules: under a `jit` sharded on `mesh`, Pallas attention runs per device block
-      (student and teacher).
     answer_BxT: bool, True on answer-span tokens (`memjax.train.data.TrainData`); needed
       when answer_weight > 0.
     answer_weight: w_ans, the weight of the distillation terms on the answer span.
@@ -122,13 +117,13 @@ def trimkv_loss(gate_params: gate.GateParams, frozen_params: llama.Params,
   frozen_params = jax.lax.stop_gradient(frozen_params)
   logits_BxTxV, log_beta_LxBxTxHkv = forward_gated(
       gate.add_gates(frozen_params, gate_params), tokens_BxT, cfg, impl=impl, block=block,
-      remat=remat, mesh=mesh, rules=rules)
+      remat=remat)
   if teacher_topk is not None:
     ids, logp = (jax.lax.stop_gradient(a) for a in teacher_topk)
     kl_BxT1 = topk_kl(ids, logp, logits_BxTxV)[:, :-1]
   else:
     if teacher_logits is None:
-      teacher_logits = llama.forward(frozen_params, tokens_BxT, cfg, mesh=mesh, rules=rules)
+      teacher_logits = llama.forward(frozen_params, tokens_BxT, cfg)
     kl_BxT1 = token_kl(jax.lax.stop_gradient(teacher_logits), logits_BxTxV)[:, :-1]
   ce_BxT1 = token_ce(logits_BxTxV, tokens_BxT)
   metrics = {

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 
 from memjax.models import llama
 from memjax.models.config import ModelConfig
 from memjax.retention import gate
 from memjax.retention.decayed_attention import Impl, decayed_attention
-from memjax.sharding.rules import Rules
 
 
 def forward_gated(params: llama.Params, tokens_BxT: jax.Array, cfg: ModelConfig, *,
                   impl: Impl = "blockwise", block: int = 128,
-                  remat: bool = False, decay: bool = True, mesh: Mesh | None = None,
-                  rules: Rules | None = None) -> tuple[jax.Array, jax.Array]:
+                  remat: bool = False, decay: bool = True) -> tuple[jax.Array, jax.Array]:
   """Full causal forward with decayed attention in every layer.
 
   Args:
@@ -31,8 +28,6 @@ def forward_gated(params: llama.Params, tokens_BxT: jax.Array, cfg: ModelConfig,
     decay: add the decay to the attention logits (training); False attends like the
       ungated model and only reports log β, as the `learned` policy sees it before any
       eviction.
-    mesh, rules: under a `jit` sharded on `mesh` (logical axis `rules`), Pallas attention
-      runs per device block (see `decayed_attention`).
 
   Returns:
     logits_BxTxV: float32 logits.
@@ -49,8 +44,7 @@ def forward_gated(params: llama.Params, tokens_BxT: jax.Array, cfg: ModelConfig,
     log_beta_BxTxHkv = gate.log_beta(gate.layer_gate(p, "forward_gated"), h_BxTxD)
     applied = log_beta_BxTxHkv if decay else jnp.zeros_like(log_beta_BxTxHkv)
     out = decayed_attention(q, k, v, applied, positions, soft_cap=spec.attn_soft_cap,
-                            impl=impl, block=block, remat=remat, backend=cfg.attention_impl,
-                            mesh=mesh, rules=rules)
+                            impl=impl, block=block, remat=remat, backend=cfg.attention_impl)
     return out, log_beta_BxTxHkv
 
   x_BxTxD, log_beta_LxBxTxHkv = llama.run_layers(

@@ -12,10 +12,11 @@ from memjax.sharding.config import DEFAULT_AXES, DEFAULT_RULES, MeshConfig
 from memjax.sharding.layout import (batch_sharding, cache_shardings, param_shardings,
                                     state_shardings)
 from memjax.sharding.mesh import build_mesh, initialize_distributed, mesh_shape
+from memjax.sharding.placement import Placement, current, placed, traced_under
 from memjax.sharding.rules import mesh_spec, put, replicated
 
 __all__ = [
-    "DEFAULT_AXES", "DEFAULT_RULES", "MeshConfig", "batch_sharding", "build_mesh",
-    "cache_shardings", "initialize_distributed", "mesh_shape", "mesh_spec", "param_shardings",
-    "put", "replicated", "state_shardings",
+    "DEFAULT_AXES", "DEFAULT_RULES", "MeshConfig", "Placement", "batch_sharding", "build_mesh",
+    "cache_shardings", "current", "initialize_distributed", "mesh_shape", "mesh_spec",
+    "param_shardings", "placed", "put", "replicated", "state_shardings", "traced_under",
 ]

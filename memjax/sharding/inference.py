@@ -11,7 +11,6 @@ import functools
 from typing import Any, NamedTuple
 
 import jax
-from jax.sharding import Mesh
 
 from memjax.cache import allocation
 from memjax.cache.kv_cache import ModelCache
@@ -19,9 +18,9 @@ from memjax.cache.policies import Policy
 from memjax.generation import step
 from memjax.models import llama
 from memjax.models.config import ModelConfig
-from memjax.sharding.config import DEFAULT_RULES
 from memjax.sharding.layout import batch_sharding, cache_shardings, param_shardings
-from memjax.sharding.rules import Rules, put, replicated
+from memjax.sharding.placement import Placement, traced_under
+from memjax.sharding.rules import put, replicated
 
 
 class ShardedChunkStep(NamedTuple):
@@ -33,40 +32,39 @@ class ShardedChunkStep(NamedTuple):
 
 
 def sharded_chunk_step(cfg: ModelConfig, policy: Policy, params: Any, cache: ModelCache,
-                       mesh: Mesh, rules: Rules,
+                       placement: Placement,
                        output: step.Output = "last_logits") -> ShardedChunkStep:
   """`step.chunk_step` with `output` ("last_logits", or "target_logprobs", which takes the
-  targets [B, C] as a fifth argument), compiled with in/out shardings on `mesh` (Pallas
-  attention kernels wrapped in `shard_map`, per device block of rows and KV heads).
+  targets [B, C] as a fifth argument), compiled with in/out shardings on the placement's
+  mesh and traced under it (Pallas attention kernels wrapped in `shard_map`, per device
+  block of rows and KV heads).
 
   Compiled programs are shared between calls with the same model, policy, mesh, rules and
   array shapes.
   """
-  frozen_rules = tuple((name, tuple(axes)) for name, axes in rules.items())
-  return _compiled(cfg, policy, mesh, frozen_rules, _abstract(params), _abstract(cache), output)
+  return _compiled(cfg, policy, placement, _abstract(params), _abstract(cache), output)
 
 
 def placed_chunk_step(cfg: ModelConfig, policy: Policy, params: Any, cache: ModelCache,
-                      output: step.Output, mesh: Mesh | None = None,
-                      rules: Rules | None = None,
+                      output: step.Output, placement: Placement = Placement(),
                       pooling: allocation.Pooling | None = None
                       ) -> tuple[Any, Any, ModelCache]:
   """(chunk step, params, cache) ready to run: one device's `step.jitted_chunk_step`
-  without a mesh; on `mesh` (rules default DEFAULT_RULES) `sharded_chunk_step`, with params
-  and cache placed on their shardings. The params come back in the `llama.per_layer`
+  without a mesh; on the placement's mesh `sharded_chunk_step`, with params and cache put
+  on their shardings. The params come back in the `llama.per_layer`
   inference layout. A cache with shared pools (`memjax.cache.allocation`) runs on one
   device, with `pooling` (how `allocation.arrange` laid it out) compiled into its step."""
   params = llama.per_layer(params)
   if any(layer.head is not None or layer.owner is not None for layer in cache.layers):
-    if mesh is not None:
+    if placement.mesh is not None:
       raise ValueError("a cache with shared pools (allocation='heads' or 'layers') runs on "
                        "one device: leave mesh unset")
     if pooling is None:
       raise ValueError("a cache with shared pools needs the pooling it was arranged with")
     return step.jitted_chunk_step(cfg, policy, output, pooling), params, cache
-  if mesh is None:
+  if placement.mesh is None:
     return step.jitted_chunk_step(cfg, policy, output), params, cache
-  sharded = sharded_chunk_step(cfg, policy, params, cache, mesh, rules or DEFAULT_RULES, output)
+  sharded = sharded_chunk_step(cfg, policy, params, cache, placement, output)
   return sharded.fn, put(params, sharded.params), put(cache, sharded.cache)
 
 
@@ -77,16 +75,16 @@ def _abstract(tree: Any) -> tuple:
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(cfg: ModelConfig, policy: Policy, mesh: Mesh, frozen_rules: tuple,
-              params_key: tuple, cache_key: tuple, output: step.Output) -> ShardedChunkStep:
-  rules = {name: list(axes) for name, axes in frozen_rules}
+def _compiled(cfg: ModelConfig, policy: Policy, placement: Placement, params_key: tuple,
+              cache_key: tuple, output: step.Output) -> ShardedChunkStep:
+  mesh, rules = placement.mesh, placement.logical_rules
   params = jax.tree.unflatten(*params_key)
   cache = jax.tree.unflatten(*cache_key)
   params_sh = param_shardings(params, mesh, rules)
   cache_sh = cache_shardings(cache, mesh, rules)
   rows = batch_sharding(cache.t.shape[0], mesh, rules)
-  fn = jax.jit(functools.partial(step.chunk_step, cfg=cfg, policy=policy, output=output,
-                                 mesh=mesh, rules=rules),
+  fn = jax.jit(traced_under(placement, functools.partial(step.chunk_step, cfg=cfg,
+                                                         policy=policy, output=output)),
                in_shardings=(params_sh, cache_sh, rows, rows) + (
                    (rows,) if output == "target_logprobs" else ()),
                out_shardings=(replicated(mesh), cache_sh), donate_argnums=(1,))

@@ -7,8 +7,9 @@ is independent per (batch row, KV head), so wrapping the kernel in `shard_map` o
 h reads KV head h // G, so splitting both head axes in the same number of contiguous blocks
 keeps every group on one device.
 
-These are the entry points the model calls: without a mesh, or when the backend resolves
-to "xla" (plain XLA ops, which GSPMD partitions itself), they are the plain kernels.
+These are the entry points the model calls. They read the mesh and rules of the placement
+they are traced under (`memjax.sharding.placement`); without a mesh, or when the backend
+resolves to "xla" (plain XLA ops, which GSPMD partitions itself), they are the plain kernels.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from jax.sharding import PartitionSpec as P
 
 from memjax import kernels
 from memjax.cache.kv_cache import LayerCache
-from memjax.sharding.config import DEFAULT_RULES
-from memjax.sharding.rules import Rules, mesh_spec
+from memjax.sharding.placement import Placement, current
+from memjax.sharding.rules import mesh_spec
 
 
 def per_device(mesh: Mesh | None, backend: kernels.Backend) -> bool:
@@ -29,33 +30,37 @@ def per_device(mesh: Mesh | None, backend: kernels.Backend) -> bool:
   return mesh is not None and kernels.resolve(backend) != "xla"
 
 
-def _row_and_head_axes(mesh: Mesh, rules: Rules | None, batch: int, n_kv_heads: int):
+def _row_and_head_axes(placement: Placement, batch: int, n_kv_heads: int):
   """(batch mesh axes, head mesh axes) that divide the batch and the KV heads."""
-  spec = mesh_spec(P("batch", "kv_heads"), (batch, n_kv_heads), mesh, rules or DEFAULT_RULES)
+  spec = mesh_spec(P("batch", "kv_heads"), (batch, n_kv_heads), placement.mesh,
+                   placement.logical_rules)
   return spec[0], spec[1]
 
 
-def flash_attention(q, k, v, log_beta=None, *, segment_ids=None, mesh: Mesh | None = None,
-                    rules: Rules | None = None, backend: kernels.Backend = "auto", **kwargs):
-  """`kernels.flash_attention`, per device block when `per_device(mesh, backend)`.
+def flash_attention(q, k, v, log_beta=None, *, segment_ids=None,
+                    backend: kernels.Backend = "auto", **kwargs):
+  """`kernels.flash_attention`, per device block when `per_device(mesh, backend)` for the
+  current placement's mesh.
 
   q [B, T, Hq, D], k, v [B, T, Hkv, D], log_beta [B, T, Hkv] and segment_ids [B, T] are
-  split over batch rows and KV heads by `rules` (default `DEFAULT_RULES`), the sequence
-  kept whole; other keyword arguments go to the kernel. Returns [B, T, Hq, D].
+  split over batch rows and KV heads by the placement's rules, the sequence kept whole;
+  other keyword arguments go to the kernel. Returns [B, T, Hq, D].
   """
   fn = lambda q, k, v, log_beta, segment_ids: kernels.flash_attention(
       q, k, v, log_beta, segment_ids=segment_ids, backend=backend, **kwargs)
-  if not per_device(mesh, backend):
+  placement = current()
+  if not per_device(placement.mesh, backend):
     return fn(q, k, v, log_beta, segment_ids)
-  b, h = _row_and_head_axes(mesh, rules, q.shape[0], k.shape[2])
+  b, h = _row_and_head_axes(placement, q.shape[0], k.shape[2])
   heads = P(b, None, h, None)
-  return jax.shard_map(fn, mesh=mesh, in_specs=(heads, heads, heads, P(b, None, h), P(b, None)),
+  return jax.shard_map(fn, mesh=placement.mesh, in_specs=(heads, heads, heads, P(b, None, h), P(b, None)),
                        out_specs=heads, check_vma=False)(q, k, v, log_beta, segment_ids)
 
 
-def decode_attention(q, cache: LayerCache, positions, *, mesh: Mesh | None = None,
-                     rules: Rules | None = None, backend: kernels.Backend = "auto", **kwargs):
-  """`kernels.decode_attention`, per device block when `per_device(mesh, backend)`.
+def decode_attention(q, cache: LayerCache, positions, *, backend: kernels.Backend = "auto",
+                     **kwargs):
+  """`kernels.decode_attention`, per device block when `per_device(mesh, backend)` for the
+  current placement's mesh.
 
   q [B, C, Hq, D], the cache's k, v [B, Hkv, S, D] and pos, stats [B, Hkv, S], positions
   [B, C] are split over batch rows and KV heads (slots kept whole). Returns (out
@@ -63,13 +68,15 @@ def decode_attention(q, cache: LayerCache, positions, *, mesh: Mesh | None = Non
   """
   fn = lambda q, cache, positions: kernels.decode_attention(q, cache, positions=positions,
                                                             backend=backend, **kwargs)
-  if not per_device(mesh, backend):
+  placement = current()
+  if not per_device(placement.mesh, backend):
     return fn(q, cache, positions)
-  b, h = _row_and_head_axes(mesh, rules, q.shape[0], cache.k.shape[1])
+  b, h = _row_and_head_axes(placement, q.shape[0], cache.k.shape[1])
   slots = P(b, h, None)
   cache_specs = LayerCache(k=P(b, h, None, None), v=P(b, h, None, None), pos=slots,
                            stats=slots)
   with_mass = kwargs.get("with_slot_mass", True)
   out_specs = (P(b, None, h, None), P(b, h, None, None) if with_mass else None)
-  return jax.shard_map(fn, mesh=mesh, in_specs=(P(b, None, h, None), cache_specs, P(b, None)),
+  return jax.shard_map(fn, mesh=placement.mesh,
+                       in_specs=(P(b, None, h, None), cache_specs, P(b, None)),
                        out_specs=out_specs, check_vma=False)(q, cache, positions)

@@ -82,13 +82,12 @@ def next_token_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
   Metrics: "accuracy", the share of positions whose most likely token is the next one.
   """
   compute_cfg = dataclasses.replace(model_cfg, dtype=cfg.compute_dtype)
-  on_mesh = kernel_mesh(cfg)
 
   def loss_fn(trainable: Params, frozen: Params, batch: Batch, rng: jax.Array):
     del rng  # deterministic
     params = llama.cast_params(merge(trainable, frozen), compute_cfg)
     tokens = batch["tokens"]
-    logits = llama.forward(params, tokens[:, :-1], compute_cfg, cfg.remat, **on_mesh)
+    logits = llama.forward(params, tokens[:, :-1], compute_cfg, cfg.remat)
     return next_token_ce(logits, tokens)
 
   return loss_fn
@@ -99,13 +98,6 @@ def next_token_ce(logits_BxTxV: jax.Array, tokens_BxT1: jax.Array):
   {"accuracy": share of positions whose most likely token is the next one}."""
   accuracy = jnp.mean(jnp.argmax(logits_BxTxV, axis=-1) == tokens_BxT1[:, 1:])
   return target_ce(logits_BxTxV, tokens_BxT1[:, 1:]), {"accuracy": accuracy}
-
-
-def kernel_mesh(cfg: TrainConfig) -> dict:
-  """{"mesh", "rules"} of the run's mesh (cfg.mesh), for the model's attention: under the
-  trainer's sharded jit, Pallas attention must run per device block (shard_map); the XLA
-  path ignores them."""
-  return {"mesh": sharding.build_mesh(cfg.mesh), "rules": cfg.mesh.rules}
 
 
 def memory_model_config(model_cfg: ModelConfig, cfg: TrainConfig) -> ModelConfig:
@@ -133,7 +125,6 @@ def memory_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
   of this micro-batch: "mem{i}_used", "mem{i}_kl", "mem{i}_gini" (memjax.memory.usage).
   """
   compute_cfg = dataclasses.replace(memory_model_config(model_cfg, cfg), dtype=cfg.compute_dtype)
-  on_mesh = kernel_mesh(cfg)
 
   def loss_fn(trainable: Params, frozen: Params, batch: Batch, rng: jax.Array):
     del rng  # deterministic
@@ -141,8 +132,8 @@ def memory_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
     tokens = batch["tokens"]
     if compute_cfg.memory is None:
       return next_token_ce(
-          llama.forward(params, tokens[:, :-1], compute_cfg, cfg.remat, **on_mesh), tokens)
-    logits, lookups = decoder.forward(params, tokens[:, :-1], compute_cfg, cfg.remat, **on_mesh)
+          llama.forward(params, tokens[:, :-1], compute_cfg, cfg.remat), tokens)
+    logits, lookups = decoder.forward(params, tokens[:, :-1], compute_cfg, cfg.remat)
     loss, metrics = next_token_ce(logits, tokens)
     for i, lookup in enumerate(lookups):
       mass = usage.slot_mass(lookup.slots, lookup.weights, compute_cfg.memory.n_slots)
@@ -167,7 +158,6 @@ def trim_kv_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
   """
   compute_cfg = dataclasses.replace(model_cfg, dtype=cfg.compute_dtype)
   settings = cfg.method.trim_kv
-  on_mesh = kernel_mesh(cfg)
 
   def loss_fn(trainable: Params, frozen: Params, batch: Batch, rng: jax.Array):
     del rng  # deterministic
@@ -178,7 +168,7 @@ def trim_kv_loss(model_cfg: ModelConfig, cfg: TrainConfig) -> LossFn:
         trainable["layers"]["gate"], llama.cast_params(frozen, compute_cfg), batch["tokens"],
         compute_cfg, memory_M=settings.memory_M,
         weights=(settings.ce_weight, settings.kl_weight, settings.capacity_weight),
-        impl=settings.attention, block=settings.block, remat=cfg.remat, **on_mesh,
+        impl=settings.attention, block=settings.block, remat=cfg.remat,
         answer_BxT=batch.get("answer"), answer_weight=settings.answer_weight,
         memory_ratio=settings.memory_ratio, fact_BxT=batch.get("fact"),
         fact_weight=settings.fact_weight,

@@ -21,6 +21,7 @@ import optax
 from memjax import sharding
 from memjax.models.config import ModelConfig
 from memjax.sharding import memory
+from memjax.sharding.placement import Placement, traced_under
 from memjax.train.checkpoint import Checkpointer
 from memjax.train.config import TrainConfig
 from memjax.train.methods import Batch, LossFn, get_method
@@ -54,12 +55,15 @@ class StepShardings(NamedTuple):
     frozen: shardings of the frozen params.
     batch: the sharding of every batch leaf (rows split).
     replicated: the sharding of the metrics.
+    placement: the mesh and rules the step is traced under (Pallas attention per device
+      block, `memjax.sharding.placement`).
   """
 
   state: Any
   frozen: Any
   batch: Any
   replicated: Any
+  placement: Placement = Placement()
 
 
 class ResumableIterator(Protocol):
@@ -114,7 +118,8 @@ def step_shardings(trainable: Params, frozen: Params, optimizer: optax.GradientT
   return StepShardings(state=sharding.state_shardings(abstract, mesh, rules),
                        frozen=sharding.param_shardings(frozen, mesh, rules),
                        batch=sharding.batch_sharding(batch_size, mesh, rules),
-                       replicated=sharding.replicated(mesh))
+                       replicated=sharding.replicated(mesh),
+                       placement=Placement.on(mesh, rules))
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
@@ -166,7 +171,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
   if shardings is None:
     return jax.jit(step, donate_argnums=0)
-  return jax.jit(step, donate_argnums=0,
+  return jax.jit(traced_under(shardings.placement, step), donate_argnums=0,
                  in_shardings=(shardings.state, shardings.frozen, shardings.batch),
                  out_shardings=(shardings.state, shardings.replicated))
 

@@ -22,6 +22,7 @@ from memjax.cache.policies import Policy
 from memjax.data.corpus import TokenizerLike
 from memjax.data.retrieval import needle_marks
 from memjax.generation.generate import generate_ids
+from memjax.sharding.placement import Placement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +69,9 @@ class Task:
     raise NotImplementedError
 
   def run(self, lm, cfg, prepared: Any, policy: Policy, budget: int | None,
-          on_mesh: dict) -> dict[str, Any]:
-    """The measured values of one row: `accuracy` or `perplexity`, `n`, and more."""
+          placement: Placement) -> dict[str, Any]:
+    """The measured values of one row: `accuracy` or `perplexity`, `n`, and more, on the
+    run's `placement`."""
     raise NotImplementedError
 
 
@@ -105,31 +107,31 @@ class GenerationTask(Task):
     return self.make_cases(cfg.n_cases, length, lm.tokenizer, cfg, self.generation_length(cfg))
 
   def run(self, lm, cfg, prepared: list, policy: Policy, budget: int | None,
-          on_mesh: dict) -> dict[str, Any]:
-    scores = answer_cases(lm, prepared, policy, budget, cfg, on_mesh,
+          placement: Placement) -> dict[str, Any]:
+    scores = answer_cases(lm, prepared, policy, budget, cfg, placement,
                           self.generation_length(cfg), self.score)
     return dict(accuracy=float(np.mean(scores)), n=len(scores), scores=scores)
 
 
-def answer_cases(lm, cases: Sequence, policy: Policy, budget: int | None, cfg, on_mesh: dict,
-                 max_new_tokens: int, score) -> list[float]:
+def answer_cases(lm, cases: Sequence, policy: Policy, budget: int | None, cfg,
+                 placement: Placement, max_new_tokens: int, score) -> list[float]:
   """Scores of `cases` answered in batches of cfg.batch_size under one (policy, budget).
 
   Query-agnostic (default): the context is compressed, then the question is appended; with
-  cfg.query_aware the question is part of the compressed prompt. `on_mesh`: the mesh and
-  rules of memjax.eval.harness.device_mesh (dropped for the oracle and for policies that
-  compress once after prefill, which run on one device).
+  cfg.query_aware the question is part of the compressed prompt. `placement`: the run's
+  (`Placement.of(cfg.mesh)`), except that the oracle, policies that compress once after
+  prefill and shared pools run on one device.
   """
   scores = []
   for start in range(0, len(cases), cfg.batch_size):
     batch = cases[start:start + cfg.batch_size]
     contexts = [lm.tokenizer.encode(c.context) for c in batch]
     questions = [lm.tokenizer.encode(c.question) for c in batch]
-    marks, mesh = None, on_mesh
+    marks, on = None, placement
     if policy.uses_marks:  # the oracle keeps the needles' own tokens
       marks = [needle_marks(c, lm.tokenizer) for c in batch]
     if policy.uses_marks or policy.compresses_once or cfg.allocation != "uniform":
-      mesh = {}  # these run on one device
+      on = Placement()  # these run on one device
     if cfg.query_aware:
       contexts, questions = [c + q for c, q in zip(contexts, questions)], None
       marks = marks and [m + [0] * (len(c) - len(m)) for m, c in zip(marks, contexts)]
@@ -139,7 +141,7 @@ def answer_cases(lm, cases: Sequence, policy: Policy, budget: int | None, cfg, o
                            layer_group=cfg.layer_group,
                            max_new_tokens=max_new_tokens, prefill_chunk=cfg.prefill_chunk,
                            eos_id=lm.tokenizer.eos_id, marks=marks,
-                           encode=lm.tokenizer.encode, **mesh)
+                           encode=lm.tokenizer.encode, placement=on)
     scores += [score(c, lm.tokenizer.decode(a)) for c, a in zip(batch, answers)]
   return scores
 

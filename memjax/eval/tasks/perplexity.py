@@ -11,6 +11,7 @@ from memjax.data import corpus
 from memjax.eval.perplexity import budgeted_logprobs, perplexity
 from memjax.eval.tasks.base import Task
 from memjax.generation.generate import resolve_budgets
+from memjax.sharding.placement import Placement
 
 
 class Perplexity(Task):
@@ -34,11 +35,11 @@ class Perplexity(Task):
     return corpus.heldout_windows(lm.tokenizer, cfg.ppl_windows, length, cfg.seed, text=text)
 
   def run(self, lm, cfg, prepared: np.ndarray, policy: Policy, budget: int | None,
-          on_mesh: dict) -> dict[str, Any]:
+          placement: Placement) -> dict[str, Any]:
     per_layer = resolve_budgets(lm.cfg, policy, budget, prepared.shape[1], cfg.budget_schedule)
     logprobs = np.concatenate([
         budgeted_logprobs(lm.params, lm.cfg, prepared[i:i + cfg.batch_size], policy, per_layer,
                           cfg.ppl_chunk, pooling=cfg.pooling,
-                          **({} if cfg.allocation != "uniform" else on_mesh))[0]
+                          placement=placement if cfg.allocation == "uniform" else Placement())[0]
         for i in range(0, len(prepared), cfg.batch_size)])
     return dict(perplexity=perplexity(logprobs), n=int(logprobs.size))
