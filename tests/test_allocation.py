@@ -75,50 +75,53 @@ def test_pool_rows_show_each_head_only_its_own_slots():
   np.testing.assert_array_equal(counts, [[[3, 0, 2]]])
 
 
+@pytest.mark.parametrize("mode", ["heads", "layers"])
 @pytest.mark.parametrize("policy", ["h2o", "tova", "keydiff", "knorm"])
-def test_a_full_floor_reproduces_the_uniform_cache_token_for_token(policy):
+def test_a_full_floor_reproduces_the_uniform_cache_token_for_token(policy, mode):
   cfg, params = tiny_model()
   rng = np.random.default_rng(3)
   prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in (37, 22)]
   kw = dict(policy=policy, budget=10, max_new_tokens=8, prefill_chunk=8)
   uniform = generate_ids(params, cfg, prompts, **kw)
-  assert generate_ids(params, cfg, prompts, allocation="heads", floor=1.0, **kw) == uniform
+  assert generate_ids(params, cfg, prompts, allocation=mode, floor=1.0, **kw) == uniform
 
 
-def test_heads_with_room_for_everything_generate_like_full():
+@pytest.mark.parametrize("mode", ["heads", "layers"])
+def test_pools_with_room_for_everything_generate_like_full(mode):
   cfg, params = tiny_model()
   prompt = [np.random.default_rng(4).integers(0, cfg.vocab_size, 20).tolist()]
   full = generate_ids(params, cfg, prompt, max_new_tokens=6)
-  assert generate_ids(params, cfg, prompt, policy="h2o", budget=26, allocation="heads",
+  assert generate_ids(params, cfg, prompt, policy="h2o", budget=26, allocation=mode,
                       max_new_tokens=6, prefill_chunk=8) == full
 
 
-def test_pooled_cache_equals_a_forward_masked_by_what_each_head_kept():
-  """Token by token, query t of head h in layer l sees exactly the slots that layer's pool
-  held for head h after step t-1, plus itself: the log-probabilities of the pooled run
-  equal a full forward under that per-layer, per-head mask."""
-  cfg, params = tiny_model()
-  policy, budget, t_len = get_policy("h2o"), 4, 20
-  tokens = np.random.default_rng(5).integers(0, cfg.vocab_size, (1, t_len)).astype(np.int32)
+def _decode_against_masked_forward(cfg, params, pooling: allocation.Pooling, budget: int,
+                                   t_len: int, seed: int):
+  """Feed `t_len` random tokens one at a time through an h2o cache arranged by `pooling`,
+  noting before each step which (layer, KV head) tokens the pool holds; return the cache
+  and the step's log-probabilities next to a full forward under those per-layer,
+  per-head masks (each query also sees itself)."""
+  policy = get_policy("h2o")
+  tokens = np.random.default_rng(seed).integers(0, cfg.vocab_size, (1, t_len)).astype(np.int32)
   cache = allocation.arrange(kv_cache.init_cache([budget] * cfg.n_layers, 1, cfg.n_kv_heads,
-                                                 cfg.head_dim), allocation.Pooling("heads"), policy,
+                                                 cfg.head_dim), pooling, policy,
                              cfg.layer_plan())
-  fn = step.jitted_chunk_step(cfg, policy, "target_logprobs", allocation.Pooling("heads", 0.25))
+  fn = step.jitted_chunk_step(cfg, policy, "target_logprobs", pooling)
   masks = np.zeros((cfg.n_layers, 1, cfg.n_kv_heads, t_len, t_len), bool)
   got = []
   for t in range(t_len - 1):
-    for layer_i, layer in enumerate(cache.layers):
-      pos, head = np.asarray(layer.pos[0]).ravel(), np.asarray(layer.head[0]).ravel()
-      for p, hd in zip(pos, head):
+    for i, layer in enumerate(cache.layers):
+      own_head = np.broadcast_to(np.arange(cfg.n_kv_heads)[:, None], layer.pos.shape[1:])
+      heads = own_head if layer.head is None else np.asarray(layer.head[0])
+      owners = np.full(layer.pos.shape[1:], i) if layer.owner is None else np.asarray(
+          layer.owner[0])
+      for p, hd, owner in zip(np.asarray(layer.pos[0]).ravel(), heads.ravel(), owners.ravel()):
         if p >= 0:
-          masks[layer_i, 0, hd, t, p] = True
+          masks[owner, 0, hd, t, p] = True
     masks[:, :, :, t, t] = True
     logp, cache = fn(params, cache, tokens[:, t:t + 1], np.ones((1, 1), bool),
                      tokens[:, t + 1:t + 2])
     got.append(float(logp[0, 0]))
-  counts = np.asarray(allocation.slots_per_head(cache))
-  assert (counts.sum(-1) <= budget * cfg.n_kv_heads).all() and (counts >= 1).all()
-  assert (counts != budget).any()  # the heads really did take different shares
 
   def mix(spec, p, h, q, k, v, positions, mask):
     out, _ = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
@@ -129,7 +132,20 @@ def test_pooled_cache_equals_a_forward_masked_by_what_each_head_kept():
                           [jnp.asarray(m) for m in masks], mix, cfg)
   logp = jax.nn.log_softmax(llama.unembed(params, x, cfg), axis=-1)
   want = np.take_along_axis(np.asarray(logp)[0, :-1], tokens[0, 1:, None], axis=-1)[:, 0]
+  return cache, np.asarray(got), want
+
+
+def test_pooled_cache_equals_a_forward_masked_by_what_each_head_kept():
+  """Query t of head h in layer l sees exactly the slots that layer's pool held for head h
+  after step t-1, plus itself; the heads really take different shares."""
+  cfg, params = tiny_model()
+  budget = 4
+  cache, got, want = _decode_against_masked_forward(cfg, params, allocation.Pooling("heads", 0.25),
+                                                    budget, 20, seed=5)
   np.testing.assert_allclose(got, want, atol=2e-5)
+  counts = np.asarray(allocation.slots_per_head(cache))
+  assert (counts.sum(-1) <= budget * cfg.n_kv_heads).all() and (counts >= 1).all()
+  assert (counts != budget).any()
 
 
 def test_bad_allocations_are_clear_errors():
@@ -147,7 +163,8 @@ def test_bad_allocations_are_clear_errors():
 def test_the_pool_costs_the_uniform_caches_bytes_plus_head_ids():
   cfg, _ = tiny_model()
   uniform = kv_cache.init_cache([16] * cfg.n_layers, 2, cfg.n_kv_heads, cfg.head_dim)
-  pooled = allocation.arrange(uniform, allocation.Pooling("heads"), get_policy("h2o"), cfg.layer_plan())
+  pooled = allocation.arrange(uniform, allocation.Pooling("heads"), get_policy("h2o"),
+                              cfg.layer_plan())
   ids = cfg.n_layers * 2 * cfg.n_kv_heads * 16 * 4
   assert kv_cache.cache_bytes(pooled) == kv_cache.cache_bytes(uniform) + ids
   assert kv_cache.cache_bytes(jax.eval_shape(lambda: uniform)) == kv_cache.cache_bytes(uniform)
@@ -225,68 +242,22 @@ def test_layer_pool_keeps_the_top_scores_under_floor_and_ceiling(floor, seed):
       assert len(got) <= sum(shares)
 
 
-@pytest.mark.parametrize("policy", ["h2o", "tova", "keydiff", "knorm"])
-def test_a_full_layer_floor_reproduces_the_uniform_cache_token_for_token(policy):
-  cfg, params = tiny_model()
-  rng = np.random.default_rng(6)
-  prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in (37, 22)]
-  kw = dict(policy=policy, budget=10, max_new_tokens=8, prefill_chunk=8)
-  uniform = generate_ids(params, cfg, prompts, **kw)
-  assert generate_ids(params, cfg, prompts, allocation="layers", floor=1.0, **kw) == uniform
-
-
-def test_layers_with_room_for_everything_generate_like_full():
-  cfg, params = tiny_model()
-  prompt = [np.random.default_rng(7).integers(0, cfg.vocab_size, 20).tolist()]
-  full = generate_ids(params, cfg, prompt, max_new_tokens=6)
-  assert generate_ids(params, cfg, prompt, policy="h2o", budget=26, allocation="layers",
-                      max_new_tokens=6, prefill_chunk=8, layer_group=1) == full
-
-
 @pytest.mark.parametrize("layer_group", [None, 2])
 def test_layer_pool_equals_a_forward_masked_by_what_each_layer_kept(layer_group):
-  """Token by token, query t of layer l and KV head h sees exactly the slots of its pool that
-  hold layer l's tokens for head h after step t-1, plus itself: the log-probabilities of the
-  pooled run equal a full forward under that per-layer, per-head mask, and the layers really
-  end up with different shares, within their floors and ceilings."""
+  """Query t of layer l and KV head h sees exactly the slots of its pool that hold layer
+  l's tokens for head h after step t-1, plus itself; the layers really take different
+  shares, within their floors and ceilings."""
   cfg, params = tiny_model(n_layers=4)
-  policy, budget, t_len, floor = get_policy("h2o"), 3, 24, 0.34
-  pooling = allocation.Pooling("layers", floor, layer_group)
-  tokens = np.random.default_rng(8).integers(0, cfg.vocab_size, (1, t_len)).astype(np.int32)
-  cache = allocation.arrange(kv_cache.init_cache([budget] * cfg.n_layers, 1, cfg.n_kv_heads,
-                                                 cfg.head_dim), pooling, policy,
-                             cfg.layer_plan())
-  fn = step.jitted_chunk_step(cfg, policy, "target_logprobs", pooling)
-  masks = np.zeros((cfg.n_layers, 1, cfg.n_kv_heads, t_len, t_len), bool)
-  got = []
-  for t in range(t_len - 1):
-    for layer in cache.layers:
-      for hd in range(cfg.n_kv_heads):
-        for p, owner in zip(np.asarray(layer.pos[0, hd]), np.asarray(layer.owner[0, hd])):
-          if p >= 0:
-            masks[owner, 0, hd, t, p] = True
-    masks[:, :, :, t, t] = True
-    logp, cache = fn(params, cache, tokens[:, t:t + 1], np.ones((1, 1), bool),
-                     tokens[:, t + 1:t + 2])
-    got.append(float(logp[0, 0]))
+  budget, pooling = 3, allocation.Pooling("layers", 0.34, layer_group)
+  cache, got, want = _decode_against_masked_forward(cfg, params, pooling, budget, 24, seed=8)
+  np.testing.assert_allclose(got, want, atol=2e-5)
   counts = np.asarray(allocation.slots_per_layer(cache))[:, 0]  # [L, Hkv]
   groups = pooling.groups(cfg.layer_plan())
   for group in groups:
     assert (counts[list(group)].sum(0) <= budget * len(group)).all()
   most = min(allocation.CEILING * budget, budget * len(groups[0]) - (len(groups[0]) - 1))
   assert (counts >= 1).all() and (counts <= most).all()
-  assert (counts != budget).any()  # the layers really did take different shares
-
-  def mix(spec, p, h, q, k, v, positions, mask):
-    out, _ = reference.attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
-    return out, mask
-
-  positions = jnp.arange(t_len, dtype=jnp.int32)[None]
-  x, _ = llama.run_layers(llama.per_layer(params), llama.embed(params, tokens, cfg), positions,
-                          [jnp.asarray(m) for m in masks], mix, cfg)
-  logp = jax.nn.log_softmax(llama.unembed(params, x, cfg), axis=-1)
-  want = np.take_along_axis(np.asarray(logp)[0, :-1], tokens[0, 1:, None], axis=-1)[:, 0]
-  np.testing.assert_allclose(got, want, atol=2e-5)
+  assert (counts != budget).any()
 
 
 def test_layer_groups_skip_sliding_window_layers():

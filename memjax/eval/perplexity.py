@@ -25,8 +25,8 @@ def budgeted_logprobs(params, cfg: ModelConfig, tokens_BxT: np.ndarray, policy: 
 
   Each chunk of `chunk` tokens sees the (evicted) cache of everything before it plus
   itself causally; a smaller chunk makes the budget bite sooner. On the `placement`'s
-  mesh, the cache and rows are split over it as in `generate_ids`. `pooling` is the allocation of `generate_ids` (a
-  shared pool runs on one device).
+  mesh, the cache and rows are split over it as in `generate_ids`. `pooling` is the
+  allocation of `generate_ids` (a shared pool runs on one device).
 
   Returns:
     float32 log-probabilities [B, T-1] and the final cache.

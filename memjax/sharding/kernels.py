@@ -53,7 +53,8 @@ def flash_attention(q, k, v, log_beta=None, *, segment_ids=None,
     return fn(q, k, v, log_beta, segment_ids)
   b, h = _row_and_head_axes(placement, q.shape[0], k.shape[2])
   heads = P(b, None, h, None)
-  return jax.shard_map(fn, mesh=placement.mesh, in_specs=(heads, heads, heads, P(b, None, h), P(b, None)),
+  return jax.shard_map(fn, mesh=placement.mesh,
+                       in_specs=(heads, heads, heads, P(b, None, h), P(b, None)),
                        out_specs=heads, check_vma=False)(q, k, v, log_beta, segment_ids)
 
 
