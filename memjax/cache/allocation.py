@@ -242,11 +242,10 @@ def keep_best_layers(cands: Sequence[LayerCache], scores: Sequence[jax.Array],
   scores = [jnp.where(ok, s.astype(jnp.float32), -jnp.inf) for ok, s in zip(valid, scores)]
   per_entry = lambda values: jnp.concatenate(
       [jnp.full(c.pos.shape, v, jnp.int32) for c, v in zip(cands, values)], axis=-1)
-  flat = jax.tree.map(lambda *a: jnp.concatenate(a, axis=2), *[c[:4] for c in cands])
   order, kept = _choose(jnp.concatenate(scores, -1), jnp.concatenate(valid, -1),
                         jnp.concatenate([_ranks(s) for s in scores], -1), per_entry(floors),
                         per_entry(most), sum(shares))
-  pool, owner = _gather_pool(LayerCache(*flat), per_entry(members), order, kept)
+  pool, owner = _gather_pool(joined(cands), per_entry(members), order, kept)
   starts = [sum(shares[:i]) for i in range(len(shares) + 1)]
   part = lambda a, i: a[:, :, starts[i]:starts[i + 1]]
   return tuple(LayerCache(*(part(a, i) for a in pool[:4]), owner=part(owner, i))

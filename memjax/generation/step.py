@@ -125,9 +125,9 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
                          "generate_ids (one row of 0/1 flags per prompt token)")
       fresh_stats_BxHkvxC = jnp.broadcast_to(marks_BxC.astype(jnp.float32)[:, None, :],
                                              (k.shape[0], n_kv, k.shape[1]))
-    heads_pool = cache.head is not None
-    share = tail.slots if isinstance(tail, Share) else cache.capacity
-    if (heads_pool or isinstance(tail, Share)) and not insert:
+    heads_pool, layer_pool = cache.head is not None, isinstance(tail, Share)
+    share = tail.slots if layer_pool else cache.capacity
+    if (heads_pool or layer_pool) and not insert:
       raise ValueError("a shared pool is not scored once after prefill: use "
                        "allocation='uniform' with a policy that compresses once")
     cands = kv_cache.candidates_of(allocation.pool_rows(cache) if heads_pool else cache,
@@ -143,10 +143,10 @@ def _cache_mixer(policy: Policy, valid_BxC: jax.Array, t_end_B: jax.Array,
       view = kv_cache.candidates_view(cands, policy, t_end_B, layer, share, k_pre)
       chunk = _chunk_view(policy, q, h, positions_BxC, valid_BxC, spec)
       cands = cands._replace(stats=policy.observe_chunk(view, chunk))
-    if heads_pool or isinstance(tail, Share):
+    if heads_pool or layer_pool:
       scores = policy.score(kv_cache.candidates_view(cands, policy, t_end_B, layer, share,
                                                      k_pre))
-      if isinstance(tail, Share):
+      if layer_pool:
         return out, (cands, layer, scores)
       kept = allocation.keep_best_pooled(cands, scores, share,
                                          allocation.floor_slots(share, floor))
