@@ -69,6 +69,7 @@ def test_cli_rejects_unknown_config_key_with_suggestion(capsys, monkeypatch, tmp
   assert "did you mean 'budgets'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~80 s alone (three policies compiled on the real model)
 def test_cli_eval_writes_table_csv_and_plot(tmp_path, capsys, monkeypatch):
   monkeypatch.setenv("MEMJAX_COMPILATION_CACHE", str(tmp_path / "xla"))
   args = ["eval", "configs/demo.yaml", "policies=[full,window,kvzip]", "budgets=[0.5]",

@@ -10,6 +10,9 @@ nbclient = pytest.importorskip("nbclient", reason="the [test] extra installs nbc
 COLAB = pathlib.Path(__file__).resolve().parent.parent / "colab"
 NOTEBOOKS = sorted(COLAB.glob("*.ipynb"))
 NEEDS_SMOLLM2 = {"01_quickstart", "03_visualise_retention"}
+# The two longest (about 1.5 and 0.5 min alone) run with `make test-all`, keeping the default
+# run near 20 minutes on 2 cores; the other two run by default.
+SLOW = {"01_quickstart", "04_memory_layers"}
 CELL_TIMEOUT_S = 600
 
 
@@ -24,7 +27,9 @@ def test_every_notebook_is_tested_and_committed_without_outputs():
     assert all(not cell.outputs and cell.execution_count is None for cell in code), path.name
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW else p for p in NOTEBOOKS],
+    ids=lambda p: p.stem)
 def test_notebook_runs_on_cpu_with_small_settings(path, tmp_path, monkeypatch, request):
   """Runs in a temporary directory (the notebooks write results/ and runs/ where they run);
   a cell that raises fails the test with its traceback. Every notebook ends in plots."""
