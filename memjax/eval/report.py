@@ -365,12 +365,24 @@ def plot_accuracy(table: Table, path: str | pathlib.Path, *, model: str, protoco
   plt.close(fig)
 
 
+def leaderboard_styles(averages: Sequence[Average]) -> dict[str, dict[str, Any]]:
+  """matplotlib style (color, marker, linestyle) of every budgeted policy of `averages`, the
+  same in every panel: a policy missing from one panel (e.g. `learned` where no gates are
+  trained) does not shift the others' colours."""
+  policies = list(dict.fromkeys(p for a in averages for p in a.policies if p != FULL))
+  markers = "osD^vP*Xh<>"
+  return {p: dict(color=f"C{i % 10}", marker=markers[i % len(markers)],
+                  linestyle="-" if i < 10 else "--") for i, p in enumerate(policies)}
+
+
 def plot_leaderboard(averages: Sequence[Average], path: str | pathlib.Path, *, model: str,
                      protocol: str) -> None:
   """PNG of the average score (%) against the kept fraction of the cache, one line per
   policy (error bars: standard errors), the full cache dashed, one panel per (model, length).
 
-  `model` names panels whose rows do not carry one.
+  A policy has one style in every panel (`leaderboard_styles`) and one legend entry; its
+  points are shifted sideways by a few percent of the fraction so that equal scores (and a
+  panel with one fraction) stay readable. `model` names panels whose rows do not carry one.
   """
   import matplotlib
   matplotlib.use("Agg")
@@ -378,35 +390,44 @@ def plot_leaderboard(averages: Sequence[Average], path: str | pathlib.Path, *, m
 
   fig, axes = plt.subplots(1, len(averages), figsize=(5.5 * len(averages), 4.6), squeeze=False,
                            sharey=True)
-  markers = "osD^vP*Xh<>"
+  styles = leaderboard_styles(averages)
+  dodge = {p: 2 ** (0.025 * (i - (len(styles) - 1) / 2)) for i, p in enumerate(styles)}
   for ax, average in zip(axes[0], averages):
     fractions = sorted((c for c in average.columns if c[0] is not None and c[0] <= 1),
                        key=_column_size)
-    budgeted = [p for p in average.policies if p != FULL]
-    for i, policy in enumerate(budgeted):
-      points = [(c[0], *average.cells[(policy, c)]) for c in fractions
+    for policy in (p for p in average.policies if p != FULL):
+      points = [(c[0] * dodge[policy], *average.cells[(policy, c)]) for c in fractions
                 if (policy, c) in average.cells]
       if not points:
         continue
       xs, means, errors = zip(*points)
       ax.errorbar(xs, [100 * m for m in means],
                   yerr=[0 if e is None else 100 * e for e in errors], capsize=3,
-                  marker=markers[i % len(markers)], label=policy, color=f"C{i % 10}",
-                  linestyle="-" if i < 10 else "--", linewidth=1.4, markersize=5)
+                  label=policy, linewidth=1.4, markersize=5, **styles[policy])
     full = [average.cells[(FULL, c)][0] for c in average.columns if (FULL, c) in average.cells]
     if full:
-      ax.axhline(100 * full[0], color="black", linestyle="--", linewidth=1.2,
-                 label=f"full cache ({100 * full[0]:.0f}%)")
+      ax.axhline(100 * full[0], color="black", linestyle="--", linewidth=1.2, label="full cache")
     ax.set_xscale("log", base=2)
     ax.set_xticks([c[0] for c in fractions], [f"{100 * c[0]:.4g}%" for c in fractions])
+    if fractions:
+      ax.set_xlim(fractions[0][0] / 1.4, fractions[-1][0] * 1.4)
     ax.minorticks_off()
     ax.set_ylim(-3, 103)
     ax.set_xlabel("kept fraction of the cache")
     ax.grid(True, alpha=0.3)
-    ax.set_title(f"{average.model or model}, {average.context_tokens} tokens")
-  axes[0][0].set_ylabel(f"average over {len(averages[0].tasks)} tasks (%)")
-  fig.suptitle(f"average score against the kept fraction ({protocol})")
-  axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_title(f"{average.model or model}, {average.context_tokens} tokens, "
+                 f"{len(average.tasks)} tasks" + (f"\nfull cache {100 * full[0]:.0f}%"
+                                                   if full else ""))
+  axes[0][0].set_ylabel("average score over the tasks (%)")
+  fig.suptitle(f"average score against the kept fraction ({protocol})", y=1.05)
+  legend = {}
+  for ax in axes[0]:
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+      legend.setdefault(label, handle)
+  order = ["full cache"] + list(styles)
+  labels = [label for label in order if label in legend]
+  axes[0][-1].legend([legend[label] for label in labels], labels, loc="center left",
+                     bbox_to_anchor=(1.01, 0.5), frameon=False)
   fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
 
