@@ -6,7 +6,7 @@ import pytest
 
 from memjax.eval.config import EvalConfig
 from memjax.eval.report import (build_averages, build_tables, format_table,
-                                leaderboard_styles, markdown_report, write_report)
+                                markdown_report, policy_styles, write_report)
 
 BUDGETS = [0.5, 0.25, 0.125]
 POLICIES = ["window", "streaming", "h2o", "random"]
@@ -108,15 +108,16 @@ def test_average_needs_every_task(tmp_path):
 
 
 def test_leaderboard_panels_share_one_style_per_policy(tmp_path):
-  """A policy only one panel has (`learned` on SmolLM2, not Gemma) must not shift the colours
-  of the others: h2o looks the same in both panels, and every policy gets its own style."""
+  """A policy only one panel has (`learned` on SmolLM2, not Gemma) still gets one style for
+  both panels, apart from every other policy's; the full cache gets none (it is the dashed
+  reference line)."""
   first = _suite_rows() + [dict(r, policy="learned") for r in _suite_rows() if r["budget"]]
   second = [dict(r, model="other", context_tokens=4000) for r in _suite_rows()]
   averages = build_averages(first + second)
   assert [a.model for a in averages] == ["m", "other"]
   assert "learned" not in averages[1].policies
-  styles = leaderboard_styles(averages)
-  assert set(styles) == {"h2o", "learned"}  # the full cache is the dashed reference line
+  styles = policy_styles([a.policies for a in averages])
+  assert set(styles) == {"h2o", "learned"}
   assert styles["h2o"] != styles["learned"]
   paths = write_report(first + second, EvalConfig(name="two"), tmp_path)
   assert paths["leaderboard"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -339,15 +339,12 @@ def plot_accuracy(table: Table, path: str | pathlib.Path, *, model: str, protoco
   columns = sorted(table.columns, key=_column_size)
   xs = [_column_size(c) for c in columns]
   fig, ax = plt.subplots(figsize=(8, 4.8))
-  markers = "osD^vP*Xh<>"
-  budgeted = [p for p in table.policies if p != FULL]
-  for i, policy in enumerate(budgeted):
+  for policy, style in policy_styles([table.policies]).items():
     points = [(x, 100 * table.cells[(policy, c)][0]) for x, c in zip(xs, columns)
               if (policy, c) in table.cells]
     if not points:
       continue
-    ax.plot(*zip(*points), marker=markers[i % len(markers)], label=policy,
-            color=f"C{i % 10}", linewidth=1.6, markersize=6)
+    ax.plot(*zip(*points), label=policy, linewidth=1.6, markersize=6, **style)
   if FULL in table.policies and columns:
     full = 100 * table.cells[(FULL, columns[-1])][0]
     ax.axhline(full, color="black", linestyle="--", linewidth=1.2,
@@ -365,11 +362,12 @@ def plot_accuracy(table: Table, path: str | pathlib.Path, *, model: str, protoco
   plt.close(fig)
 
 
-def leaderboard_styles(averages: Sequence[Average]) -> dict[str, dict[str, Any]]:
-  """matplotlib style (color, marker, linestyle) of every budgeted policy of `averages`, the
-  same in every panel: a policy missing from one panel (e.g. `learned` where no gates are
-  trained) does not shift the others' colours."""
-  policies = list(dict.fromkeys(p for a in averages for p in a.policies if p != FULL))
+def policy_styles(groups: Sequence[Sequence[str]]) -> dict[str, dict[str, Any]]:
+  """matplotlib style (color, marker, linestyle) of every budgeted policy in `groups` (the
+  policies of each panel or table), one per policy whatever group it is in: a policy missing
+  from one panel (e.g. `learned` where no gates are trained) does not shift the others'
+  colours. Past the tenth policy colours repeat, so those lines are dashed."""
+  policies = list(dict.fromkeys(p for group in groups for p in group if p != FULL))
   markers = "osD^vP*Xh<>"
   return {p: dict(color=f"C{i % 10}", marker=markers[i % len(markers)],
                   linestyle="-" if i < 10 else "--") for i, p in enumerate(policies)}
@@ -380,7 +378,7 @@ def plot_leaderboard(averages: Sequence[Average], path: str | pathlib.Path, *, m
   """PNG of the average score (%) against the kept fraction of the cache, one line per
   policy (error bars: standard errors), the full cache dashed, one panel per (model, length).
 
-  A policy has one style in every panel (`leaderboard_styles`) and one legend entry; its
+  A policy has one style in every panel (`policy_styles`) and one legend entry; its
   points are shifted sideways by a few percent of the fraction so that equal scores (and a
   panel with one fraction) stay readable. `model` names panels whose rows do not carry one.
   """
@@ -390,7 +388,7 @@ def plot_leaderboard(averages: Sequence[Average], path: str | pathlib.Path, *, m
 
   fig, axes = plt.subplots(1, len(averages), figsize=(5.5 * len(averages), 4.6), squeeze=False,
                            sharey=True)
-  styles = leaderboard_styles(averages)
+  styles = policy_styles([a.policies for a in averages])
   dodge = {p: 2 ** (0.025 * (i - (len(styles) - 1) / 2)) for i, p in enumerate(styles)}
   for ax, average in zip(axes[0], averages):
     fractions = sorted((c for c in average.columns if c[0] is not None and c[0] <= 1),
